@@ -1,0 +1,3 @@
+from realm.cli import main
+
+main()

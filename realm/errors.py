@@ -1,0 +1,45 @@
+"""Typed errors of realm; library code raises only these (and lets the CLI turn them into exit codes)."""
+
+from __future__ import annotations
+
+
+class RealmError(Exception):
+    """Base of every error realm raises on purpose."""
+
+
+class GGUFError(RealmError):
+    """A GGUF file is malformed; names the field and the byte offset where reading failed."""
+
+    def __init__(self, message: str, *, field: str | None = None, offset: int | None = None):
+        self.field = field
+        self.offset = offset
+        where = []
+        if field is not None:
+            where.append(f"field {field}")
+        if offset is not None:
+            where.append(f"offset {offset}")
+        super().__init__(f"{message} ({', '.join(where)})" if where else message)
+
+
+class UnsupportedError(RealmError):
+    """A valid input that realm does not handle (a quant type, an architecture, a tokenizer kind)."""
+
+
+class ConfigError(RealmError):
+    """Model metadata is missing or inconsistent; names the GGUF key."""
+
+
+class TokenizerError(RealmError):
+    """The tokenizer metadata is unusable or a token id is out of range."""
+
+
+class ModelNotFoundError(RealmError):
+    """The model file or the default model package is missing."""
+
+
+class StoreError(RealmError):
+    """A model store operation failed (unknown id, id conflict, model in use)."""
+
+
+class GuestError(RealmError):
+    """The WebAssembly guest failed: a trap, an exhausted limit, or an error code it returned."""
