@@ -1,0 +1,218 @@
+"""Synthetic test models: small random LLaMA / Gemma 3 GGUFs written with `gguf.GGUFWriter`.
+
+    path = make_model(tmp_path / "m.gguf", arch="gemma3", qtype=GGMLType.Q4_K, dim=256, hidden_dim=512)
+
+Weights are random but scaled so activations stay O(1), attention scores O(1) and logits O(1-10)
+(no saturated softmax, no degenerate argmax). Types gguf can quantize (legacy, F16, BF16, F32) are
+quantized from random floats; k-quants are random blocks whose f16 `d`/`dmin` are overwritten with
+small values calibrated (with gguf's dequantizer) to the target standard deviation. The tokenizer is
+copied from a llama.cpp vocab GGUF or, without one, a tiny generated SPM vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from realm.quants import LAYOUTS, QK_K, GGMLType, block_size_and_bytes
+
+gguf = pytest.importorskip("gguf")
+
+K_QUANTS = (GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K)
+# dmin / d that centres a block's values near zero: mean(sc * q) / mean(m) for uniform random bytes.
+_DMIN_RATIO = {GGMLType.Q2_K: 1.5, GGMLType.Q4_K: 7.5, GGMLType.Q5_K: 15.5}
+
+
+def field_offset(t: GGMLType, name: str) -> int:
+    """Byte offset of field `name` inside one block of type `t` (from the LAYOUTS table)."""
+    offset = 0
+    for fname, dtype, count in LAYOUTS[t].fields:
+        if fname == name:
+            return offset
+        offset += {"f32": 4, "f16": 2, "u8": 1, "i8": 1, "i16": 2}[dtype] * count
+    raise KeyError(name)
+
+
+def random_kquant_rows(rng: np.random.Generator, t: GGMLType, rows: int, cols: int, std: float) -> np.ndarray:
+    """Random valid k-quant blocks -> uint8 (rows, row_bytes) whose dequantized values have ~`std`, mean ~0."""
+    bs, ts = block_size_and_bytes(t)
+    nb = rows * cols // bs
+    blocks = rng.integers(0, 256, size=(nb, ts), dtype=np.uint8)  # (nb, type_size)
+    d = (rng.uniform(0.5, 1.5, nb) * 1e-3).astype(np.float32)  # (nb,)
+    ratio = _DMIN_RATIO.get(t)
+
+    def put(scale: float) -> None:
+        d16 = (d * scale).astype(np.float16)  # (nb,)
+        blocks[:, field_offset(t, "d"):field_offset(t, "d") + 2] = d16.view(np.uint8).reshape(nb, 2)
+        if ratio is not None:
+            dmin16 = (d * scale * ratio).astype(np.float16)  # (nb,)
+            blocks[:, field_offset(t, "dmin"):field_offset(t, "dmin") + 2] = dmin16.view(np.uint8).reshape(nb, 2)
+
+    put(1.0)
+    values = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType(int(t)))  # (nb, bs)
+    put(std / max(float(values.std()), 1e-30))
+    return blocks.reshape(rows, cols // bs * ts)
+
+
+def quantized(rng: np.random.Generator, t: GGMLType, shape: tuple[int, int], std: float) -> tuple[np.ndarray, GGMLType]:
+    """Random matrix (rows, cols) with standard deviation `std`, encoded as `t` for GGUFWriter.add_tensor."""
+    rows, cols = shape
+    if t in K_QUANTS:
+        return random_kquant_rows(rng, t, rows, cols, std), t
+    w = (rng.standard_normal(shape) * std).astype(np.float32)  # (rows, cols)
+    if t == GGMLType.F32:
+        return w, t
+    if t == GGMLType.F16:
+        return w.astype(np.float16), t
+    return gguf.quants.quantize(w, gguf.GGMLQuantizationType(int(t))), t
+
+
+def _copy_tokenizer(writer, vocab_gguf: Path) -> int:
+    """Copy every `tokenizer.*` key of a llama.cpp vocab GGUF; returns its vocabulary size."""
+    reader = gguf.GGUFReader(str(vocab_gguf))
+    n_vocab = 0
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        main = field.types[0]
+        if main == gguf.GGUFValueType.ARRAY:
+            values = field.contents()
+            writer.add_key_value(key, values, main, sub_type=field.types[-1])
+            if key == "tokenizer.ggml.tokens":
+                n_vocab = len(values)
+        else:
+            writer.add_key_value(key, field.contents(), main)
+    if not n_vocab:
+        raise ValueError(f"{vocab_gguf} has no tokenizer.ggml.tokens")
+    return n_vocab
+
+
+def tiny_spm_vocab(vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+    """A small SPM vocabulary: <unk> <s> </s>, 256 byte tokens, then letters and words (tokens, scores, types)."""
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [2, 3, 3] + [6] * 256  # UNKNOWN, CONTROL, CONTROL, BYTE...
+    words = ("the of and to in is was for on that with as by at from it his an be are this which or "
+             "capital France Paris hello world what").split()
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.,?!'"
+    pieces = ["\u2581"] + ["\u2581" + w for w in words] + list(letters) + ["\u2581" + c for c in letters]
+    pieces += [a + b for a in "etaoinshr" for b in "etaoinshr"]
+    pieces += ["\u2581" + a + b for a in "abcdefghijklmnopqrstuvwxyz" for b in "aeiou"]
+    seen = set(tokens)
+    for p in pieces:
+        if len(tokens) >= vocab_size:
+            break
+        if p not in seen:
+            seen.add(p)
+            tokens.append(p)
+            types.append(1)
+    if len(tokens) < vocab_size:
+        raise ValueError(f"tiny vocab has at most {len(tokens)} tokens, asked for {vocab_size}")
+    scores = [0.0] * 259 + [-float(i) for i in range(len(tokens) - 259)]
+    return tokens, scores, types
+
+
+def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_layers: int | None = None,
+               dim: int = 64, hidden_dim: int = 128, n_heads: int = 4, n_kv_heads: int = 2, head_dim: int = 16,
+               vocab_gguf=None, vocab_size: int | None = None, context_length: int = 256,
+               sliding_window: int = 4, seed: int = 0, tied: bool | None = None,
+               rope_dim: int | None = None, rope_scaling: float | None = None) -> Path:
+    """Write a random `arch` model ("llama" or "gemma3") whose 2-D weights are `qtype`; returns `path`.
+
+    n_layers defaults to 2 for llama and 6 for gemma3 (so one global layer follows five sliding ones);
+    `sliding_window` (gemma3 only) should be shorter than the test sequence. `vocab_gguf` copies a
+    real tokenizer (its vocabulary size wins); otherwise a tiny SPM vocab of `vocab_size` (default 300).
+    `tied` defaults to True for gemma3 (no output.weight). `rope_dim` < head_dim gives partial rotary
+    (llama); `rope_scaling` writes linear `rope.scaling.factor` (global layers only on gemma3).
+    """
+    qtype = GGMLType(qtype)
+    path = Path(path)
+    gemma = arch == "gemma3"
+    if n_layers is None:
+        n_layers = 6 if gemma else 2
+    if tied is None:
+        tied = gemma
+    bs, _ = block_size_and_bytes(qtype)
+    for name, cols in (("dim", dim), ("hidden_dim", hidden_dim), ("n_heads * head_dim", n_heads * head_dim)):
+        if cols % bs:
+            raise ValueError(f"{name} = {cols} is not a multiple of {qtype.name}'s block size {bs}")
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(f"synthetic {arch} {qtype.name}")
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(dim)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(hidden_dim)
+    writer.add_head_count(n_heads)
+    writer.add_head_count_kv(n_kv_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(1e-6 if gemma else 1e-5)
+    writer.add_rope_freq_base(1e6 if gemma else 10000.0)
+    writer.add_rope_dimension_count(rope_dim or head_dim)
+    if rope_scaling is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope_scaling)
+    if gemma:
+        writer.add_sliding_window(sliding_window)
+    writer.add_file_type(int(qtype))
+
+    if vocab_gguf is not None:
+        n_vocab = _copy_tokenizer(writer, Path(vocab_gguf))
+    else:
+        n_vocab = vocab_size or 300
+        tokens, scores, types = tiny_spm_vocab(n_vocab)
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_unk_token_id(0)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        writer.add_add_bos_token(True)
+        writer.add_add_eos_token(False)
+
+    def matrix(name: str, rows: int, cols: int, std: float) -> None:
+        data, t = quantized(rng, qtype, (rows, cols), std)
+        writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType(int(t)))
+
+    def norm(name: str, n: int, center: float = 1.0) -> None:
+        writer.add_tensor(name, (center + 0.1 * rng.standard_normal(n)).astype(np.float32))  # (n,)
+
+    q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
+    # Gemma multiplies embeddings by sqrt(dim): store them 1/sqrt(dim) smaller so the residual is O(1);
+    # the tied output then gives logits of std ~2.
+    matrix("token_embd.weight", n_vocab, dim, 2.0 / math.sqrt(dim) if gemma else 1.0)
+    norm("output_norm.weight", dim)
+    if not tied:
+        matrix("output.weight", n_vocab, dim, 3.0 / math.sqrt(dim))
+    for il in range(n_layers):
+        b = f"blk.{il}."
+        norm(b + "attn_norm.weight", dim)
+        matrix(b + "attn_q.weight", q_dim, dim, 1.5 / math.sqrt(dim))
+        matrix(b + "attn_k.weight", kv_dim, dim, 1.5 / math.sqrt(dim))
+        matrix(b + "attn_v.weight", kv_dim, dim, 1.0 / math.sqrt(dim))
+        matrix(b + "attn_output.weight", dim, q_dim, 1.0 / math.sqrt(q_dim))
+        if gemma:
+            norm(b + "attn_q_norm.weight", head_dim)
+            norm(b + "attn_k_norm.weight", head_dim)
+            norm(b + "post_attention_norm.weight", dim)
+            norm(b + "post_ffw_norm.weight", dim)
+        norm(b + "ffn_norm.weight", dim)
+        matrix(b + "ffn_gate.weight", hidden_dim, dim, 1.0 / math.sqrt(dim))
+        matrix(b + "ffn_up.weight", hidden_dim, dim, 1.0 / math.sqrt(dim))
+        matrix(b + "ffn_down.weight", dim, hidden_dim, 1.0 / math.sqrt(hidden_dim))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def kquant_dims() -> dict[str, int]:
+    """Dimensions valid for every type, k-quants included (rows of multiples of QK_K)."""
+    return dict(dim=QK_K, hidden_dim=2 * QK_K, n_heads=4, n_kv_heads=2, head_dim=64)
