@@ -1,0 +1,360 @@
+"""Benchmark reports (`python -m realm bench`): every engine on one model, in one run.
+
+Measures prefill/decode tokens/s (median and spread over repeats, after warm-up), start-up cost
+(JIT compile / module compile, cold and cached, in fresh subprocesses), the machine's memory
+bandwidth and the weight bytes each token reads (so decode reads as a fraction of the physical
+limit), guest memory and boundary traffic, and logits agreement between the engines. Writes
+report.json, report.md and, when matplotlib is installed, report.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from realm.errors import RealmError
+
+Progress = Callable[[str], None]
+
+# A neutral English paragraph; repeated until the prompt has the requested number of tokens.
+_PROMPT_TEXT = (
+    "The history of the printing press begins with movable type, which let craftsmen compose pages "
+    "from reusable letters. Over the following centuries presses spread across cities, books became "
+    "cheaper, and reading moved from a few scholars to merchants, students and families. "
+)
+
+
+@dataclass
+class BenchSettings:
+    model: str | None = None
+    engines: tuple[str, ...] = ("wasm", "numba")
+    threads: tuple[int, ...] = (1, 2)
+    prompt_tokens: int = 128
+    gen_tokens: int = 64
+    repeat: int = 3
+    out_dir: str = "bench-out"
+    n_ctx: int | None = None
+    budgets: tuple[str, ...] = ("default", "resident")  # wasm memory budgets to measure
+    startup: bool = True  # measure cold/cached compile in subprocesses
+
+    def validate(self) -> "BenchSettings":
+        from realm.engines import ENGINE_NAMES
+
+        bad = [e for e in self.engines if e not in ENGINE_NAMES]
+        if not self.engines or bad:
+            raise RealmError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINE_NAMES)}")
+        if not self.threads or any(t < 1 for t in self.threads):
+            raise RealmError("thread counts must be >= 1")
+        if self.prompt_tokens < 1 or self.gen_tokens < 1 or self.repeat < 1:
+            raise RealmError("--prompt-tokens, --gen-tokens and --repeat must be >= 1")
+        return self
+
+
+# ---------------------------------------------------------------- machine ------------------------
+
+
+def machine_facts() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for mod in ("numpy", "numba", "wasmtime", "llvmlite"):
+        try:
+            versions[mod] = __import__(mod).__version__ if mod != "wasmtime" else _wasmtime_version()
+        except Exception:  # an optional component missing is reported, not fatal
+            versions[mod] = None
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "machine": platform.machine(), "system": platform.system(),
+        "python": platform.python_version(), **versions,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _wasmtime_version() -> str:
+    from importlib.metadata import version
+
+    return version("wasmtime")
+
+
+def memory_bandwidth(n_bytes: int = 256 << 20, repeats: int = 5) -> dict[str, float]:
+    """Best-of-N GB/s: `read` sums a large float64 array, `copy` counts bytes read + written."""
+    a = np.ones(n_bytes // 8, np.float64)  # (n,) touched once so pages exist
+    b = np.empty_like(a)
+    read = copy = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.sum()
+        read = max(read, n_bytes / (time.perf_counter() - t0) / 1e9)
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        copy = max(copy, 2 * n_bytes / (time.perf_counter() - t0) / 1e9)
+    return {"read_gbps": read, "copy_gbps": copy, "bytes": n_bytes}
+
+
+def weight_bytes_per_token(gguf_file, config) -> int:
+    """Bytes of weights one decode step reads: every layer tensor, the output matrix, one embedding row."""
+    total = 0
+    for name, t in gguf_file.tensors.items():
+        if name == "token_embd.weight":
+            total += t.n_bytes // t.shape[0]  # one row
+            if config.tied_output:
+                total += t.n_bytes
+        else:
+            total += t.n_bytes
+    return total
+
+
+# ---------------------------------------------------------------- engines ------------------------
+
+
+def prompt_ids(model, n: int) -> list[int]:
+    ids = model.tokenize(_PROMPT_TEXT, add_bos=True)
+    body = model.tokenize(_PROMPT_TEXT, add_bos=False)
+    while len(ids) < n:
+        ids += body
+    return ids[:n]
+
+
+_COUNTERS = ("bytes_fetched", "host_calls")
+
+
+def time_generation(engine, ids: list[int], gen_tokens: int) -> tuple[float, float, dict[str, float]]:
+    """(prefill seconds, decode seconds of gen_tokens greedy steps, per-decode-token counter deltas)."""
+    engine.reset()
+    t0 = time.perf_counter()
+    logits = engine.eval(ids)
+    prefill = time.perf_counter() - t0
+    token = int(np.argmax(logits))
+    before = engine.stats()
+    t0 = time.perf_counter()
+    for _ in range(gen_tokens):
+        token = int(np.argmax(engine.eval([token])))
+    decode = time.perf_counter() - t0
+    after = engine.stats()
+    per_token = {f"{k}_per_token": (after[k] - before[k]) / gen_tokens for k in _COUNTERS if k in after}
+    return prefill, decode, per_token
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Logits (T, vocab) of two engines: max |a-b|, max relative to the logits' range, top-1 agreement."""
+    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    span = float(np.max(np.abs(a)))
+    return {
+        "max_abs_diff": float(diff.max()),
+        "max_abs_diff_rel": float(diff.max() / span) if span else 0.0,
+        "top1_agreement": float(np.mean(np.argmax(a, axis=-1) == np.argmax(b, axis=-1))),
+        "positions": int(a.shape[0]),
+    }
+
+
+_STARTUP_SNIPPETS = {
+    "numba": "import time; t=time.perf_counter(); from realm.kernels import warmup; warmup(); "
+             "import realm.kernels.matvec as m; m.warmup(); import realm.kernels.ops as o; "
+             "getattr(o, 'warmup', lambda: None)(); print(time.perf_counter()-t)",
+    "wasm": "import time; t=time.perf_counter(); from realm.host import runtime; runtime.load_module(); "
+            "print(time.perf_counter()-t)",
+}
+
+
+def startup_times(engine: str) -> dict[str, float] | None:
+    """Cold (empty cache) and cached start-up seconds of an engine's compiled code, in fresh processes."""
+    snippet = _STARTUP_SNIPPETS.get(engine)
+    if snippet is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="realm-bench-") as tmp:
+        env = dict(os.environ, NUMBA_CACHE_DIR=tmp, REALM_WASM_CACHE_DIR=tmp)
+        out = {}
+        for label in ("cold", "cached"):
+            r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=env, timeout=900)
+            if r.returncode != 0:
+                return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
+            out[f"{label}_seconds"] = float(r.stdout.strip().splitlines()[-1])
+        return out
+
+
+def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> dict[str, Any]:
+    """Measure everything; returns the report dict (also what report.json holds)."""
+    from realm.api import load
+
+    settings.validate()
+    report: dict[str, Any] = {"settings": asdict(settings), "machine": machine_facts()}
+    progress("measuring memory bandwidth")
+    report["bandwidth"] = memory_bandwidth()
+    model = load(settings.model)
+    if model.config is None:
+        raise RealmError(f"cannot benchmark {model.path.name}: {model.config_error}")
+    cfg = model.config
+    wbytes = weight_bytes_per_token(model.gguf, cfg)
+    report["model"] = {"path": str(model.path), "arch": cfg.arch, "file_bytes": model.gguf.file_size,
+                       "weight_bytes_per_token": wbytes, "vocab_size": cfg.vocab_size, "n_layers": cfg.n_layers}
+    ids = prompt_ids(model, settings.prompt_tokens)
+    n_ctx = settings.n_ctx or max(settings.prompt_tokens + settings.gen_tokens + 8, 256)
+    runs: list[dict[str, Any]] = []
+    logits: dict[str, np.ndarray] = {}
+    for name in settings.engines:
+        if settings.startup:
+            progress(f"{name}: start-up time, cold and cached (fresh processes)")
+            report.setdefault("startup", {})[name] = startup_times(name)
+        for variant, options in _variants(name, settings, model):
+            label = f"{name}[{variant}]" if variant else name
+            progress(f"{label}: creating engine")
+            t0 = time.perf_counter()
+            engine = model.engine(name, n_ctx=n_ctx, **options)
+            create = time.perf_counter() - t0
+            try:
+                progress(f"{label}: warm-up")
+                time_generation(engine, ids[:8], 2)
+                prefill, decode = [], []
+                for i in range(settings.repeat):
+                    progress(f"{label}: run {i + 1}/{settings.repeat} "
+                             f"({len(ids)} prompt + {settings.gen_tokens} generated tokens)")
+                    p, d, per_token = time_generation(engine, ids, settings.gen_tokens)
+                    prefill.append(len(ids) / p)
+                    decode.append(settings.gen_tokens / d)
+                run = {"engine": name, "variant": variant, "label": label, "create_seconds": create,
+                       "prefill_tps": _spread(prefill), "decode_tps": _spread(decode)}
+                med = run["decode_tps"]["median"]
+                run["decode_gbps"] = med * wbytes / 1e9
+                run["decode_fraction_of_bandwidth"] = run["decode_gbps"] / report["bandwidth"]["read_gbps"]
+                run.update(per_token)  # boundary traffic of the last run's decode steps
+                run["engine_stats"] = {k: v for k, v in engine.stats().items() if isinstance(v, (int, float, str))}
+                if name not in logits:
+                    progress(f"{label}: logits of the benchmark prompt for the agreement check")
+                    engine.reset()
+                    logits[name] = engine.eval(ids, all_logits=True)
+                runs.append(run)
+            finally:
+                engine.close()
+    report["runs"] = runs
+    names = list(logits)
+    if len(names) > 1:
+        base = "reference" if "reference" in logits else names[0]
+        report["agreement"] = {f"{n} vs {base}": agreement(logits[n], logits[base]) for n in names if n != base}
+    model.close()
+    return report
+
+
+def _variants(name: str, settings: BenchSettings, model) -> list[tuple[str, dict[str, Any]]]:
+    if name == "numba":
+        return [(f"{t} thread{'s' if t > 1 else ''}", {"threads": t}) for t in settings.threads]
+    if name == "wasm":
+        out = []
+        for b in settings.budgets:
+            if b == "default":
+                out.append(("64 MiB", {"memory_budget": 64 << 20}))
+            elif b == "resident":
+                size = min(4 << 30, ((model.gguf.file_size + (192 << 20)) >> 20) << 20)
+                out.append((f"resident ({size >> 20} MiB)", {"memory_budget": size}))
+        return out
+    return [("", {})]
+
+
+# ---------------------------------------------------------------- reports ------------------------
+
+
+def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.json", out / "report.md"]
+    paths[0].write_text(json.dumps(report, indent=2, default=float) + "\n")
+    paths[1].write_text(format_markdown(report))
+    png = _chart(report, out / "report.png")
+    if png:
+        paths.append(png)
+    return paths
+
+
+def format_markdown(r: dict[str, Any]) -> str:
+    m, bw = r["machine"], r["bandwidth"]
+    lines = [
+        f"# realm benchmark — {r['model']['path'].rsplit('/', 1)[-1]}",
+        "",
+        f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
+        f"numpy {m['numpy']}, numba {m['numba']}, wasmtime {m['wasmtime']}.",
+        f"Memory bandwidth (same run): read {bw['read_gbps']:.1f} GB/s, copy {bw['copy_gbps']:.1f} GB/s. "
+        f"Weights read per decoded token: {r['model']['weight_bytes_per_token'] / 1e6:.1f} MB.",
+        f"Prompt {r['settings']['prompt_tokens']} tokens, {r['settings']['gen_tokens']} generated, "
+        f"{r['settings']['repeat']} repeats (median, [min–max]).",
+        "",
+        "## Speed",
+        "",
+        "| engine | prefill tok/s | decode tok/s | decode GB/s | of bandwidth | engine start s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for run in r["runs"]:
+        p, d = run["prefill_tps"], run["decode_tps"]
+        lines.append(f"| {run['label']} | {p['median']:.1f} [{p['min']:.1f}–{p['max']:.1f}] | "
+                     f"{d['median']:.2f} [{d['min']:.2f}–{d['max']:.2f}] | {run['decode_gbps']:.2f} | "
+                     f"{100 * run['decode_fraction_of_bandwidth']:.0f}% | {run['create_seconds']:.2f} |")
+    base = next((x for x in r["runs"] if x["engine"] == "numba"), None)
+    if base:
+        lines += ["", "Ratios to the fastest Numba run:", ""]
+        best = max((x for x in r["runs"] if x["engine"] == "numba"), key=lambda x: x["decode_tps"]["median"])
+        for run in r["runs"]:
+            lines.append(f"- {run['label']}: decode ×{run['decode_tps']['median'] / best['decode_tps']['median']:.2f}, "
+                         f"prefill ×{run['prefill_tps']['median'] / best['prefill_tps']['median']:.2f}")
+    if r.get("startup"):
+        lines += ["", "## Start-up (fresh processes)", "", "| engine | cold s | cached s |", "| --- | ---: | ---: |"]
+        for name, s in r["startup"].items():
+            if s and "error" not in s:
+                lines.append(f"| {name} | {s['cold_seconds']:.2f} | {s['cached_seconds']:.2f} |")
+            else:
+                lines.append(f"| {name} | n/a | n/a |")
+    guest = [x for x in r["runs"] if x["engine"] == "wasm"]
+    if guest:
+        lines += ["", "## Guest memory and boundary traffic", "",
+                  "| budget | peak linear memory MiB | bytes fetched / token | host calls / token |",
+                  "| --- | ---: | ---: | ---: |"]
+        for run in guest:
+            st = run["engine_stats"]
+            peak = st.get("peak_memory", float("nan")) / 2**20
+            lines.append(f"| {run['variant']} | {peak:.1f} | {run.get('bytes_fetched_per_token', float('nan')) / 1e6:.1f} MB | "
+                         f"{run.get('host_calls_per_token', float('nan')):.0f} |")
+    if r.get("agreement"):
+        lines += ["", "## Logits agreement on the benchmark prompt", "",
+                  "| pair | max abs diff | relative to max logit | top-1 agreement |", "| --- | ---: | ---: | ---: |"]
+        for pair, a in r["agreement"].items():
+            lines.append(f"| {pair} | {a['max_abs_diff']:.4f} | {a['max_abs_diff_rel']:.2e} | "
+                         f"{100 * a['top1_agreement']:.1f}% of {a['positions']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _chart(r: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    labels = [x["label"] for x in r["runs"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in ((axes[0], "prefill_tps", "prefill tokens/s"), (axes[1], "decode_tps", "decode tokens/s")):
+        med = [x[key]["median"] for x in r["runs"]]
+        err = [[m - x[key]["min"] for m, x in zip(med, r["runs"])], [x[key]["max"] - m for m, x in zip(med, r["runs"])]]
+        ax.barh(labels, med, xerr=err)
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
