@@ -177,6 +177,60 @@ def run(prompt, model, engine, max_tokens, temperature, top_k, top_p, min_p, rep
         _print_stats(gen.stats)
 
 
+def _int_list(ctx, param, value):
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers") from None
+    if not items or any(i < 1 or i > 256 for i in items):
+        raise click.BadParameter("give integers between 1 and 256, e.g. 1,2")
+    return tuple(items)
+
+
+def _engine_list(ctx, param, value):
+    from realm.engines import ENGINE_NAMES
+
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in items if v not in ENGINE_NAMES]
+    if not items or bad:
+        raise click.BadParameter(f"unknown engine(s) {bad}; choose from {','.join(ENGINE_NAMES)}")
+    return items
+
+
+@main.command()
+@click.option("-m", "--model", type=click.Path(dir_okay=True), help="GGUF file (default: the default model).")
+@click.option("--engines", default="wasm,numba", show_default=True, callback=_engine_list,
+              help="Comma-separated: wasm, numba, reference.")
+@click.option("--threads", default="1,2", show_default=True, callback=_int_list, help="Numba thread counts.")
+@click.option("--prompt-tokens", type=click.IntRange(1, 4096), default=128, show_default=True)
+@click.option("--gen-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-out", show_default=True)
+@click.option("--no-startup", is_flag=True, help="Skip the cold/cached start-up measurements.")
+@handle_errors
+def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, no_startup):
+    """Benchmark engines on one model; writes report.json, report.md (and report.png with matplotlib)."""
+    from realm.bench import BenchSettings, run_bench, write_report
+
+    if model is None:
+        from realm.models import default_model_path
+
+        default_model_path(_Progress("assembling the default model"))
+    settings = BenchSettings(model=model, engines=engines, threads=threads, prompt_tokens=prompt_tokens,
+                             gen_tokens=gen_tokens, repeat=repeat, out_dir=out_dir, startup=not no_startup)
+    t0 = time.perf_counter()
+    report = run_bench(settings, progress=lambda msg: click.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True))
+    paths = write_report(report, out_dir)
+    click.echo()
+    click.echo(f"{'engine':<28} {'prefill tok/s':>14} {'decode tok/s':>13} {'of bandwidth':>13}")
+    for run in report["runs"]:
+        click.echo(f"{run['label']:<28} {run['prefill_tps']['median']:>14.1f} {run['decode_tps']['median']:>13.2f} "
+                   f"{100 * run['decode_fraction_of_bandwidth']:>12.0f}%")
+    for pair, a in report.get("agreement", {}).items():
+        click.echo(f"agreement {pair}: max abs diff {a['max_abs_diff']:.4f}, top-1 {100 * a['top1_agreement']:.1f}%")
+    click.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _print_stats(stats) -> None:
     s = stats
     rows = [
