@@ -1,0 +1,246 @@
+"""Numba kernels of the forward pass besides the matvecs: RMSNorm, RoPE, attention, softmax, gated FFN.
+
+Each kernel writes into caller-allocated arrays and has a NumPy twin (`*_ref`) it is tested against
+(tests/unit/test_kernels_ops.py). The facts (RoPE pairing, sliding window, GELU-tanh) are the ones in
+realm.config and llama.cpp (https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/ggml-cpu/ops.cpp).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from realm.config import ACT_GELU_TANH, ACT_SILU, ROPE_NEOX, ROPE_NORM  # noqa: F401 (re-exported)
+from realm.kernels._jit import jit, pjit, prange
+GELU_COEF_A = 0.044715
+SQRT_2_OVER_PI = 0.7978845608028654
+
+
+# --- RMSNorm ---------------------------------------------------------------------------------------
+
+@jit
+def rmsnorm(x, w, eps, out):
+    """x (n, dim) f32, w (dim,) f32 -> out (n, dim) = x / sqrt(mean(x^2) + eps) * w (out may be x)."""
+    n, dim = x.shape
+    for r in range(n):
+        row = x[r]
+        ss = 0.0
+        for i in range(dim):
+            ss += row[i] * row[i]
+        inv = np.float32(1.0 / math.sqrt(ss / dim + eps))
+        o = out[r]
+        for i in range(dim):
+            o[i] = row[i] * inv * w[i]
+    return out
+
+
+def rmsnorm_ref(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    x64 = x.astype(np.float64)  # (n, dim)
+    return (x64 / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + eps) * w).astype(np.float32)
+
+
+@jit
+def add_rmsnorm(x, y, w, eps, out):
+    """Residual add then norm: x (n, dim) += y (n, dim); out (n, dim) = rmsnorm(x, w)."""
+    n, dim = x.shape
+    for r in range(n):
+        xr = x[r]
+        yr = y[r]
+        for i in range(dim):
+            xr[i] += yr[i]
+    return rmsnorm(x, w, eps, out)
+
+
+# --- RoPE -------------------------------------------------------------------------------------------
+
+@jit
+def rope_cos_sin(positions, base, scale, rope_dim, cos, sin):
+    """positions (T,) int64 -> cos, sin (T, rope_dim/2) f32 of angle (pos*scale) * base^(-2i/rope_dim)."""
+    half = rope_dim // 2
+    for t in range(positions.shape[0]):
+        p = positions[t] * scale
+        for i in range(half):
+            theta = p * base ** (-2.0 * i / rope_dim)
+            cos[t, i] = math.cos(theta)
+            sin[t, i] = math.sin(theta)
+
+
+def rope_cos_sin_ref(positions: np.ndarray, base: float, scale: float, rope_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    freqs = base ** (-2.0 * np.arange(rope_dim // 2) / rope_dim)  # (rope_dim/2,) f64
+    theta = np.outer(np.asarray(positions, np.float64) * scale, freqs)  # (T, rope_dim/2)
+    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+
+
+@jit
+def rope(x, cos, sin, style):
+    """Rotate x (T, n_heads, head_dim) f32 in place over the first 2*cos.shape[1] dims of each head.
+
+    cos, sin (T, rope_dim/2); style ROPE_NORM rotates pairs (2i, 2i+1), ROPE_NEOX pairs (i, i + rope_dim/2).
+    """
+    T, n_heads, _ = x.shape
+    half = cos.shape[1]
+    for t in range(T):
+        c = cos[t]
+        s = sin[t]
+        for h in range(n_heads):
+            v = x[t, h]
+            for i in range(half):
+                if style == ROPE_NEOX:
+                    a, b = i, i + half
+                else:
+                    a, b = 2 * i, 2 * i + 1
+                x0 = v[a]
+                x1 = v[b]
+                v[a] = x0 * c[i] - x1 * s[i]
+                v[b] = x0 * s[i] + x1 * c[i]
+    return x
+
+
+def rope_ref(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: int) -> np.ndarray:
+    """NumPy twin of `rope`, returns a new array."""
+    out = x.copy()  # (T, n_heads, head_dim)
+    half = cos.shape[1]
+    if style == ROPE_NEOX:
+        a, b = np.arange(half), np.arange(half) + half
+    else:
+        a, b = np.arange(half) * 2, np.arange(half) * 2 + 1
+    c, s = cos[:, None, :], sin[:, None, :]  # (T, 1, half)
+    x0, x1 = x[:, :, a], x[:, :, b]  # (T, n_heads, half)
+    out[:, :, a] = x0 * c - x1 * s
+    out[:, :, b] = x0 * s + x1 * c
+    return out
+
+
+# --- softmax and attention ---------------------------------------------------------------------------
+
+@jit
+def softmax(x):
+    """In place over x (n,) f32: exp(x - max) / sum."""
+    m = x[0]
+    for i in range(1, x.shape[0]):
+        if x[i] > m:
+            m = x[i]
+    total = 0.0
+    for i in range(x.shape[0]):
+        e = math.exp(x[i] - m)
+        x[i] = e
+        total += e
+    inv = np.float32(1.0 / total)
+    for i in range(x.shape[0]):
+        x[i] *= inv
+    return x
+
+
+def softmax_ref(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x.astype(np.float64) - x.max())  # (n,)
+    return (e / e.sum()).astype(np.float32)
+
+
+@pjit
+def attention(q, key_cache, value_cache, pos0, scale, window, att, out):
+    """Causal attention of T new queries at positions pos0..pos0+T-1 over the cached keys.
+
+    q (T, n_heads, head_dim); key_cache, value_cache (n_kv_heads, n_ctx, head_dim) holding keys of
+    positions 0..pos0+T-1; att (n_heads, n_ctx) scratch; out (T, n_heads, head_dim).
+    Head h reads kv head h // (n_heads // n_kv_heads). Key j is visible from query p iff j <= p and,
+    when window > 0, p - j < window. Parallel over heads.
+    """
+    T, n_heads, head_dim = q.shape
+    group = n_heads // key_cache.shape[0]
+    for h in prange(n_heads):
+        kv = h // group
+        keys = key_cache[kv]
+        values = value_cache[kv]
+        a = att[h]
+        for t in range(T):
+            p = pos0 + t
+            lo = 0
+            if window > 0 and p - window + 1 > 0:
+                lo = p - window + 1
+            qv = q[t, h]
+            m = -np.inf
+            for j in range(lo, p + 1):
+                kj = keys[j]
+                s = np.float32(0.0)
+                for i in range(head_dim):
+                    s += qv[i] * kj[i]
+                s *= scale
+                a[j] = s
+                if s > m:
+                    m = s
+            total = np.float32(0.0)
+            for j in range(lo, p + 1):
+                e = np.float32(math.exp(a[j] - m))
+                a[j] = e
+                total += e
+            o = out[t, h]
+            o[:] = 0.0
+            for j in range(lo, p + 1):
+                wj = a[j] / total
+                vj = values[j]
+                for i in range(head_dim):
+                    o[i] += wj * vj[i]
+    return out
+
+
+def attention_ref(q: np.ndarray, key_cache: np.ndarray, value_cache: np.ndarray, pos0: int, scale: float,
+                  window: int) -> np.ndarray:
+    """NumPy twin of `attention`: returns out (T, n_heads, head_dim)."""
+    T, n_heads, head_dim = q.shape
+    group = n_heads // key_cache.shape[0]
+    n_keys = pos0 + T
+    p = pos0 + np.arange(T)[:, None]  # (T, 1)
+    j = np.arange(n_keys)[None, :]  # (1, n_keys)
+    visible = (j <= p) & ((window <= 0) | (p - j < window))  # (T, n_keys)
+    out = np.empty_like(q)  # (T, n_heads, head_dim)
+    for h in range(n_heads):
+        keys = key_cache[h // group, :n_keys].astype(np.float64)  # (n_keys, head_dim)
+        values = value_cache[h // group, :n_keys].astype(np.float64)
+        scores = np.where(visible, q[:, h].astype(np.float64) @ keys.T * scale, -np.inf)  # (T, n_keys)
+        scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+        out[:, h] = (scores / scores.sum(axis=1, keepdims=True)) @ values
+    return out
+
+
+# --- gated FFN activation ----------------------------------------------------------------------------
+
+@jit
+def gated_act(gate, up, activation, out):
+    """gate, up, out (n,) f32: out = act(gate) * up, act SiLU or GELU-tanh (out may alias gate)."""
+    for i in range(gate.shape[0]):
+        g = gate[i]
+        if activation == ACT_GELU_TANH:
+            a = 0.5 * g * (1.0 + math.tanh(SQRT_2_OVER_PI * (g + GELU_COEF_A * g * g * g)))
+        else:
+            a = g / (1.0 + math.exp(-g))
+        out[i] = a * up[i]
+    return out
+
+
+def gated_act_ref(gate: np.ndarray, up: np.ndarray, activation: int) -> np.ndarray:
+    g = gate.astype(np.float64)  # (n,)
+    if activation == ACT_GELU_TANH:
+        a = 0.5 * g * (1.0 + np.tanh(SQRT_2_OVER_PI * (g + GELU_COEF_A * g ** 3)))
+    else:
+        a = g / (1.0 + np.exp(-g))
+    return (a * up).astype(np.float32)
+
+
+def warmup() -> None:
+    """Compile every kernel on tiny inputs (f32, the dtypes the engines pass)."""
+    x = np.ones((2, 8), np.float32)  # (n, dim)
+    w = np.ones(8, np.float32)  # (dim,)
+    rmsnorm(x, w, 1e-6, x)
+    add_rmsnorm(x, x.copy(), w, 1e-6, np.empty_like(x))
+    pos = np.arange(2, dtype=np.int64)  # (T,)
+    cos = np.empty((2, 4), np.float32)  # (T, rope_dim/2)
+    sin = np.empty((2, 4), np.float32)
+    rope_cos_sin(pos, 10000.0, 1.0, 8, cos, sin)
+    q = np.ones((2, 2, 8), np.float32)  # (T, n_heads, head_dim)
+    rope(q, cos, sin, ROPE_NEOX)
+    cache = np.ones((1, 4, 8), np.float32)  # (n_kv_heads, n_ctx, head_dim)
+    att = np.empty((2, 4), np.float32)  # (n_heads, n_ctx)
+    attention(q, cache, cache, 0, 0.5, 0, att, np.empty_like(q))
+    softmax(w)
+    gated_act(w, w, ACT_SILU, np.empty_like(w))
