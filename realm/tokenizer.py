@@ -1,0 +1,594 @@
+"""Tokenizer built from GGUF metadata: SentencePiece-style (SPM) encode/decode matching llama.cpp.
+
+Data flow: `GGUFFile.metadata` -> `Tokenizer.from_metadata` -> `encode(text)` -> ids for an engine;
+generated ids -> `decode` / `StreamDecoder` -> text. Facts (token types, the SPM bigram merge, special
+token partitioning, end-of-generation texts, detokenize) from llama.cpp's src/llama-vocab.cpp:
+https://github.com/ggml-org/llama.cpp/blob/00ad355e009e83abf98f96a6ded7193b95763681/src/llama-vocab.cpp
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import heapq
+import logging
+import operator
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from realm.errors import TokenizerError, UnsupportedError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Tokenizer", "StreamDecoder", "TokenType", "KEYS"]
+
+
+class TokenType(enum.IntEnum):
+    """Values of `tokenizer.ggml.token_type` (llama.cpp's llama_token_type)."""
+
+    UNDEFINED = 0
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+# Token attributes are bit flags (llama.cpp's llama_token_attr): the loader ORs CONTROL into tokens
+# whose text names an end-of-generation or fill-in-the-middle role, and sets LSTRIP/RSTRIP per model.
+ATTR_UNDEFINED = 0
+ATTR_UNKNOWN = 1 << 0
+ATTR_UNUSED = 1 << 1
+ATTR_NORMAL = 1 << 2
+ATTR_CONTROL = 1 << 3
+ATTR_USER_DEFINED = 1 << 4
+ATTR_BYTE = 1 << 5
+ATTR_LSTRIP = 1 << 7
+ATTR_RSTRIP = 1 << 8
+
+_ATTR_OF_TYPE = {
+    TokenType.UNDEFINED: ATTR_UNDEFINED,
+    TokenType.NORMAL: ATTR_NORMAL,
+    TokenType.UNKNOWN: ATTR_UNKNOWN,
+    TokenType.CONTROL: ATTR_CONTROL,
+    TokenType.USER_DEFINED: ATTR_USER_DEFINED,
+    TokenType.UNUSED: ATTR_UNUSED,
+    TokenType.BYTE: ATTR_BYTE,
+}
+_ATTR_SPECIAL = ATTR_UNKNOWN | ATTR_CONTROL  # omitted by decode unless special=True
+_ATTR_PARTITION = ATTR_CONTROL | ATTR_USER_DEFINED | ATTR_UNKNOWN  # matched in raw text before SPM
+
+# GGUF keys, spelled verbatim once.
+KEYS = {
+    "model": "tokenizer.ggml.model",
+    "pre": "tokenizer.ggml.pre",
+    "tokens": "tokenizer.ggml.tokens",
+    "scores": "tokenizer.ggml.scores",
+    "token_type": "tokenizer.ggml.token_type",
+    "merges": "tokenizer.ggml.merges",
+    "bos": "tokenizer.ggml.bos_token_id",
+    "eos": "tokenizer.ggml.eos_token_id",
+    "unk": "tokenizer.ggml.unknown_token_id",
+    "eot": "tokenizer.ggml.eot_token_id",
+    "eom": "tokenizer.ggml.eom_token_id",
+    "add_bos": "tokenizer.ggml.add_bos_token",
+    "add_eos": "tokenizer.ggml.add_eos_token",
+    "add_space_prefix": "tokenizer.ggml.add_space_prefix",
+    "name": "general.name",
+}
+
+# Roles llama.cpp finds by token text when the metadata does not give their ids. Each found token
+# gets the CONTROL attribute; fim_pad/rep/sep also end generation. (key, texts)
+_ROLE_TEXTS: dict[str, tuple[str | tuple[str, ...], tuple[str, ...]]] = {
+    "eot": (
+        KEYS["eot"],
+        ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+         "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>"),
+    ),
+    "eom": (KEYS["eom"], ("<|eom_id|>",)),
+    "fim_pre": (
+        ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
+        ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+         "<|code_prefix|>", "<|prefix|>"),
+    ),
+    "fim_suf": (
+        ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
+        ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+         "<|code_suffix|>", "<|suffix|>"),
+    ),
+    "fim_mid": (
+        ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
+        ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+         "<|code_middle|>", "<|middle|>"),
+    ),
+    "fim_pad": ("tokenizer.ggml.fim_pad_token_id", ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]")),
+    "fim_rep": (
+        "tokenizer.ggml.fim_rep_token_id",
+        ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    ),
+    "fim_sep": ("tokenizer.ggml.fim_sep_token_id", ("<|file_sep|>",)),
+}
+
+# Token texts that end generation (llama.cpp's EOG list; the tokens also become CONTROL).
+EOG_TEXTS = frozenset((
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+))
+
+SPACE = "\u2581"  # '▁': SentencePiece's escaped space
+_C_SPACE = " \t\n\v\f\r"  # C isspace() in the "C" locale, used by LSTRIP/RSTRIP
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+# SPM defaults when the metadata has no id (llama.cpp, tokenizer model "llama").
+_SPM_DEFAULT_IDS = {"bos": 1, "eos": 2, "unk": 0}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _get_bool(md: Mapping[str, Any], key: str, default: bool) -> bool:
+    v = md.get(key)
+    if v is None:
+        return default
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if _is_int(v) and int(v) in (0, 1):
+        return bool(v)
+    raise TokenizerError(f"{key} must be a bool, got {type(v).__name__}")
+
+
+def _get_id(md: Mapping[str, Any], key: str, n_tokens: int) -> int | None:
+    v = md.get(key)
+    if v is None:
+        return None
+    if not _is_int(v):
+        raise TokenizerError(f"{key} must be an integer token id, got {type(v).__name__}")
+    if not 0 <= int(v) < n_tokens:
+        raise TokenizerError(f"{key} = {int(v)} is out of range for a vocabulary of {n_tokens} tokens")
+    return int(v)
+
+
+def _numeric_array(md: Mapping[str, Any], key: str, n_tokens: int, dtype: type) -> np.ndarray | None:
+    v = md.get(key)
+    if v is None:
+        return None
+    if isinstance(v, (str, bytes)) or not isinstance(v, (np.ndarray, list, tuple)):
+        raise TokenizerError(f"{key} must be a numeric array, got {type(v).__name__}")
+    try:
+        arr = np.asarray(v)
+        if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.number) or arr.size == 0):
+            raise TypeError(arr.dtype)
+        if np.issubdtype(dtype, np.integer) and not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+            raise TypeError(arr.dtype)
+        if np.issubdtype(dtype, np.integer) and arr.size and (arr.min() < -(2**31) or arr.max() >= 2**31):
+            raise TypeError(arr.dtype)
+        arr = arr.astype(dtype)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise TokenizerError(f"{key} must be a 1-D numeric array ({e})") from None
+    if len(arr) != n_tokens:
+        raise TokenizerError(f"{key} has {len(arr)} entries but tokenizer.ggml.tokens has {n_tokens}")
+    return arr
+
+
+class Tokenizer:
+    """A llama.cpp-compatible tokenizer built from GGUF metadata.
+
+    Attributes
+    ----------
+    kind : "spm" (the only kind implemented; "bpe" vocabularies raise UnsupportedError)
+    vocab_size, bos_id, eos_id, unk_id, eot_id : ids (None when the vocabulary has no such token)
+    stop_ids : frozenset of end-of-generation ids (EOS, EOT, `<end_of_turn>`-like tokens)
+    add_bos, add_eos, add_space_prefix : the metadata's flags (with llama.cpp's SPM defaults)
+    """
+
+    def __init__(self, md: Mapping[str, Any]):
+        if not isinstance(md, Mapping):
+            raise TokenizerError(f"tokenizer metadata must be a mapping, got {type(md).__name__}")
+        model = md.get(KEYS["model"])
+        if model is None:
+            raise TokenizerError(f"missing {KEYS['model']}")
+        if not isinstance(model, str):
+            raise TokenizerError(f"{KEYS['model']} must be a string, got {type(model).__name__}")
+        if model == "gpt2":
+            raise UnsupportedError(
+                f"{KEYS['model']} = 'gpt2' (byte-level BPE, pre-tokenizer {md.get(KEYS['pre'])!r}) is not "
+                "supported yet; realm implements the SentencePiece ('llama') tokenizer"
+            )
+        if model != "llama":
+            raise UnsupportedError(f"unsupported tokenizer model {KEYS['model']} = {model!r}")
+        self.kind = "spm"
+        self._load_vocab(md)
+        self._load_special(md)
+        self._build_partition()
+
+    # -- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_metadata(cls, md: Mapping[str, Any]) -> Tokenizer:
+        """Build from a GGUF metadata dict (string arrays as list[str], numeric arrays as ndarray)."""
+        return cls(md)
+
+    @classmethod
+    def from_gguf(cls, gguf_file: Any) -> Tokenizer:
+        """Build from an open `realm.gguf.GGUFFile` (anything with a `metadata` mapping)."""
+        return cls(gguf_file.metadata)
+
+    def _load_vocab(self, md: Mapping[str, Any]) -> None:
+        key = KEYS["tokens"]
+        tokens = md.get(key)
+        if tokens is None:
+            raise TokenizerError(f"missing {key}")
+        if not isinstance(tokens, (list, tuple)):
+            raise TokenizerError(f"{key} must be an array of strings, got {type(tokens).__name__}")
+        if len(tokens) == 0:
+            raise TokenizerError(f"{key} is empty")
+        if len(tokens) >= 2**31:
+            raise TokenizerError(f"{key} has too many tokens ({len(tokens)})")
+        try:
+            "".join(tokens)  # C-speed check that every entry is a str
+        except TypeError:
+            for i, t in enumerate(tokens):
+                if not isinstance(t, str):
+                    raise TokenizerError(f"{key}[{i}] is not a string ({type(t).__name__})") from None
+        n = len(tokens)
+        self._token_to_id: dict[str, int] = dict(zip(tokens, range(n)))
+        if "" in self._token_to_id:  # llama.cpp renames empty tokens; they would never match
+            tokens = [t or f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+            self._token_to_id = dict(zip(tokens, range(n)))
+        self._tokens: list[str] = tokens if isinstance(tokens, list) else list(tokens)
+        if len(self._token_to_id) != n:
+            seen: dict[str, int] = {}
+            for i, t in enumerate(tokens):
+                if t in seen:
+                    raise TokenizerError(f"{key}: duplicate token {t!r} at ids {seen[t]} and {i}")
+                seen[t] = i
+
+        scores = _numeric_array(md, KEYS["scores"], n, np.float32)
+        if scores is None:
+            scores = np.zeros(n, np.float32)
+        scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)  # NaN would make merge order undefined
+        self._scores: list[float] = scores.tolist()  # python floats: fast scalar access in the merge loop
+
+        types = _numeric_array(md, KEYS["token_type"], n, np.int64)
+        if types is None:
+            types = np.full(n, int(TokenType.NORMAL), np.int64)
+        types = np.where((types < 0) | (types > int(TokenType.BYTE)), int(TokenType.UNDEFINED), types)
+        lut = np.array([_ATTR_OF_TYPE[TokenType(t)] for t in range(len(TokenType))], np.int64)
+        self._types = types.astype(np.int8)  # (n,) TokenType values as given
+        self._attrs = lut[types]  # (n,) attribute bit flags; a list once construction is done
+
+    def _load_special(self, md: Mapping[str, Any]) -> None:
+        n = len(self._tokens)
+        ids: dict[str, int | None] = {}
+        for role, default in _SPM_DEFAULT_IDS.items():
+            given = _get_id(md, KEYS[role], n)
+            ids[role] = given if given is not None else (default if default < n else None)
+        self.bos_id: int | None = ids["bos"]
+        self.eos_id: int | None = ids["eos"]
+        self.unk_id: int | None = ids["unk"]
+
+        self.add_bos = _get_bool(md, KEYS["add_bos"], True)
+        self.add_eos = _get_bool(md, KEYS["add_eos"], False)
+        self.add_space_prefix = _get_bool(md, KEYS["add_space_prefix"], True)
+        if self.add_bos and self.bos_id is None:
+            raise TokenizerError(f"{KEYS['add_bos']} is true, but {KEYS['bos']} is not set")
+        if self.add_eos and self.eos_id is None:
+            raise TokenizerError(f"{KEYS['add_eos']} is true, but {KEYS['eos']} is not set")
+
+        attrs = self._attrs
+        roles: dict[str, int | None] = {}
+        for role, (keys, texts) in _ROLE_TEXTS.items():
+            found = None
+            for k in (keys,) if isinstance(keys, str) else keys:
+                found = _get_id(md, k, n)
+                if found is not None:
+                    break
+            if found is None:  # llama.cpp matches by text; take the lowest id so the result is deterministic
+                hits = [self._token_to_id[t] for t in texts if t in self._token_to_id]
+                if hits:
+                    found = min(hits)
+                    attrs[found] |= ATTR_CONTROL
+            roles[role] = found
+        self.eot_id: int | None = roles["eot"]
+        self.eom_id: int | None = roles["eom"]
+
+        eog = {roles[r] for r in ("fim_pad", "fim_rep", "fim_sep") if roles[r] is not None}
+        for text in EOG_TEXTS:
+            i = self._token_to_id.get(text)
+            if i is not None:
+                eog.add(i)
+                attrs[i] |= ATTR_CONTROL
+        eog.update(i for i in (self.eos_id, self.eot_id, self.eom_id) if i is not None)
+        texts = {self._tokens[i]: i for i in eog}
+        # o200k_harmony / solar-open: "<|end|>" is not an end of generation there
+        if "<|end|>" in texts and (
+            ("<|return|>" in texts and ("<|call|>" in texts or "<|calls|>" in texts))
+            or (("<|call|>" in texts or "<|calls|>" in texts) and "<|flush|>" in texts)
+        ):
+            eog.discard(texts["<|end|>"])
+            attrs[texts["<|end|>"]] = ATTR_USER_DEFINED
+        if "<|tool_response>" in texts and "</s>" in texts:  # gemma4 / paddleocr
+            eog.discard(texts["</s>"])
+            attrs[texts["</s>"]] = ATTR_NORMAL
+        self.stop_ids: frozenset[int] = frozenset(eog)
+
+        # 256 byte-fallback ids: "<0xNN>", else the single character (ASCII only), else None
+        self._byte_ids: list[int | None] = []
+        for b in range(256):
+            i = self._token_to_id.get(f"<0x{b:02X}>")
+            if i is None and b < 0x80:
+                i = self._token_to_id.get(chr(b))
+            self._byte_ids.append(i)
+        self._name = md.get(KEYS["name"]) if isinstance(md.get(KEYS["name"]), str) else ""
+
+    def _build_partition(self) -> None:
+        """Special tokens matched in raw text, longest first (llama.cpp's cache_special_tokens)."""
+        attrs, tokens = self._attrs, self._tokens
+        special = np.flatnonzero(attrs & _ATTR_PARTITION).tolist()
+        name = self._name.lower()
+        if "phi-3" in name or "phi3" in name:  # llama.cpp: Phi-3 special tokens eat whitespace to their right
+            for i in special:
+                attrs[i] |= ATTR_RSTRIP
+            for text, on in (("</s>", True), ("<unk>", False), ("<s>", False), ("<|endoftext|>", False)):
+                i = self._token_to_id.get(text)
+                if i is not None:
+                    attrs[i] = (attrs[i] | ATTR_RSTRIP) if on else (attrs[i] & ~ATTR_RSTRIP)
+        special.sort(key=lambda i: (-len(tokens[i].encode("utf-8")), i))
+        self._special_order = special
+        by_first: dict[str, list[tuple[int, int]]] = {}
+        for rank, i in enumerate(special):
+            by_first.setdefault(tokens[i][0], []).append((rank, i))
+        self._special_by_first = by_first
+        self._attrs = attrs.tolist()
+
+    # -- attributes --------------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._tokens)
+
+    def _check_id(self, token_id: Any) -> int:
+        try:
+            i = operator.index(token_id)
+        except TypeError:
+            raise TokenizerError(f"token id must be an integer, got {type(token_id).__name__}") from None
+        if not 0 <= i < len(self._tokens):
+            raise TokenizerError(f"token id {i} is out of range (vocabulary of {len(self._tokens)} tokens)")
+        return i
+
+    def token_text(self, token_id: int) -> str:
+        """The vocabulary entry of `token_id` as stored (with '▁' for spaces)."""
+        return self._tokens[self._check_id(token_id)]
+
+    def token_type(self, token_id: int) -> TokenType:
+        """The `tokenizer.ggml.token_type` of `token_id`."""
+        return TokenType(int(self._types[self._check_id(token_id)]))
+
+    def is_control(self, token_id: int) -> bool:
+        """True for control tokens, including those llama.cpp promotes (EOG and FIM texts)."""
+        return bool(self._attrs[self._check_id(token_id)] & ATTR_CONTROL)
+
+    def id_of(self, text: str) -> int | None:
+        """The id of the vocabulary entry `text` exactly, or None."""
+        return self._token_to_id.get(text)
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, bos_id={self.bos_id}, "
+                f"eos_id={self.eos_id}, stop_ids={sorted(self.stop_ids)})")
+
+    # -- encoding ----------------------------------------------------------------------------------
+
+    def encode(self, text: str, add_bos: bool = True, special: bool = False, add_eos: bool = False) -> list[int]:
+        """Text -> token ids, as llama.cpp's `llama_tokenize`.
+
+        Parameters
+        ----------
+        text : str (lone surrogates, which have no UTF-8 form, are replaced by U+FFFD)
+        add_bos : prepend BOS if the model's `add_bos_token` asks for it (llama.cpp's add_special);
+            also appends EOS when `add_eos_token` is set
+        special : match control tokens (`<start_of_turn>`, `<s>`, ...) written in the text;
+            user-defined tokens are always matched
+        add_eos : append EOS regardless of the metadata
+        """
+        if not isinstance(text, str):
+            raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _SURROGATE.sub("\ufffd", text)
+        out: list[int] = []
+        if add_bos and self.add_bos and self.bos_id is not None:
+            out.append(self.bos_id)
+        prev_special = True  # the first fragment gets the space prefix, as does any after a special token
+        for frag in self._partition(text, special) if text else ():
+            if isinstance(frag, int):
+                out.append(frag)
+                prev_special = True
+                continue
+            if self.add_space_prefix and prev_special:
+                frag = " " + frag
+            self._spm(frag.replace(" ", SPACE), out)
+            prev_special = False
+        if (add_eos or (add_bos and self.add_eos)) and self.eos_id is not None:
+            out.append(self.eos_id)
+        return out
+
+    def _partition(self, text: str, special: bool) -> list[str | int]:
+        """Split `text` at special tokens, longest token first, as llama.cpp's tokenizer_st_partition."""
+        attrs, tokens = self._attrs, self._tokens
+        ranked: list[tuple[int, int]] = []
+        for ch in set(text):
+            group = self._special_by_first.get(ch)
+            if group:
+                ranked.extend(r for r in group if tokens[r[1]] in text)
+        if not ranked:
+            return [text]
+        ranked.sort()
+        frags: list[str | int] = [text]
+        for _, tid in ranked:
+            attr = attrs[tid]
+            if not special and attr & _ATTR_SPECIAL:
+                continue
+            tok = tokens[tid]
+            new: list[str | int] = []
+            for frag in frags:
+                if isinstance(frag, int) or tok not in frag:
+                    new.append(frag)
+                    continue
+                start = 0
+                while True:
+                    m = frag.find(tok, start)
+                    if m < 0:
+                        if start < len(frag):
+                            new.append(frag[start:])
+                        break
+                    left = frag[start:m]
+                    if attr & ATTR_LSTRIP:
+                        left = left.rstrip(_C_SPACE)
+                    if left:
+                        new.append(left)
+                    new.append(tid)
+                    start = m + len(tok)
+                    if attr & ATTR_RSTRIP:
+                        while start < len(frag) and frag[start] in _C_SPACE:
+                            start += 1
+            frags = new
+        return frags
+
+    def _spm(self, text: str, out: list[int]) -> None:
+        """SPM merge of one escaped fragment: start from characters, repeatedly merge the adjacent pair
+        whose concatenation is a vocabulary token with the highest score (ties: leftmost), then map each
+        symbol to its token or to byte-fallback tokens."""
+        vocab, scores = self._token_to_id, self._scores
+        sym = list(text)  # symbol texts; a merged-away symbol becomes ""
+        n = len(sym)
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        heap: list[tuple[float, int, int, int]] = []  # (-score, left, right, merged length)
+        for i in range(n - 1):
+            tid = vocab.get(sym[i] + sym[i + 1])
+            if tid is not None:
+                heap.append((-scores[tid], i, i + 1, 2))
+        heapq.heapify(heap)
+        pop, push = heapq.heappop, heapq.heappush
+        while heap:
+            _, left, right, size = pop(heap)
+            ls, rs = sym[left], sym[right]
+            if not ls or not rs or len(ls) + len(rs) != size:
+                continue  # stale: one side was merged since this pair was queued
+            sym[left] = merged = ls + rs
+            sym[right] = ""
+            nr = nxt[left] = nxt[right]
+            if nr >= 0:
+                prv[nr] = left
+            pl = prv[left]
+            if pl >= 0:
+                s = sym[pl] + merged
+                tid = vocab.get(s)
+                if tid is not None:
+                    push(heap, (-scores[tid], pl, left, len(s)))
+            if nr >= 0:
+                s = merged + sym[nr]
+                tid = vocab.get(s)
+                if tid is not None:
+                    push(heap, (-scores[tid], left, nr, len(s)))
+        i = 0
+        while i >= 0:
+            s = sym[i]
+            tid = vocab.get(s)
+            if tid is not None:
+                out.append(tid)
+            else:  # only single characters can miss the vocabulary: fall back to their UTF-8 bytes
+                self._byte_fallback(s, out)
+            i = nxt[i]
+
+    def _byte_fallback(self, s: str, out: list[int]) -> None:
+        ids = [self._byte_ids[b] for b in s.encode("utf-8")]
+        if all(i is not None for i in ids):
+            out.extend(ids)  # type: ignore[arg-type]
+        elif self.unk_id is not None:
+            out.append(self.unk_id)
+        else:
+            raise TokenizerError(f"cannot encode {s!r}: no byte-fallback tokens and no unknown token")
+
+    # -- decoding ----------------------------------------------------------------------------------
+
+    def piece_bytes(self, token_id: int, special: bool = False) -> bytes:
+        """The bytes one token stands for (llama.cpp's token_to_piece without lstrip)."""
+        i = self._check_id(token_id)
+        attr = self._attrs[i]
+        if attr & _ATTR_SPECIAL and not special:
+            return b""
+        if attr & (_ATTR_SPECIAL | ATTR_USER_DEFINED):
+            return self._tokens[i].encode("utf-8")
+        if attr & ATTR_NORMAL:
+            return self._tokens[i].replace(SPACE, " ").encode("utf-8")
+        if attr & ATTR_BYTE:
+            m = _BYTE_TOKEN.fullmatch(self._tokens[i])
+            return bytes((int(m.group(1), 16),)) if m else b""
+        return b""  # unused / undefined tokens print nothing
+
+    def decode(self, ids: Iterable[int], special: bool = False) -> str:
+        """Token ids -> text. Control tokens are omitted unless `special`; byte tokens are joined into
+        UTF-8 and invalid sequences replaced by U+FFFD.
+
+        With `add_space_prefix` the space the encoder put before the text is removed: one leading space
+        of the first piece after any leading BOS, and of the piece after each control/user-defined token
+        (the encoder prefixes every fragment that follows one), so `decode(encode(s)) == s`.
+        """
+        attrs = self._attrs
+        buf = bytearray()
+        strip = self.add_space_prefix
+        leading = True
+        for t in ids:
+            i = self._check_id(t)
+            if leading and i == self.bos_id:
+                if special:
+                    buf += self.piece_bytes(i, True)
+                continue
+            leading = False
+            piece = self.piece_bytes(i, special)
+            if strip and piece[:1] == b" ":
+                piece = piece[1:]
+            buf += piece
+            strip = self.add_space_prefix and bool(attrs[i] & _ATTR_PARTITION)
+        return buf.decode("utf-8", errors="replace")
+
+
+class StreamDecoder:
+    """Incremental decoding of generated ids: `feed(id)` returns the text that is complete so far and
+    never splits a UTF-8 character (bytes of byte-fallback tokens are held until the character is
+    whole); `flush()` returns what is left, invalid bytes as U+FFFD.
+
+    Generated text continues a prompt, so no leading space is stripped (llama.cpp's token_to_piece);
+    pass `lstrip_first=True` to decode a sequence from its start like `Tokenizer.decode`.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, special: bool = False, lstrip_first: bool = False):
+        self.tokenizer = tokenizer
+        self.special = special
+        self._strip = lstrip_first and tokenizer.add_space_prefix
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token_id: int) -> str:
+        piece = self.tokenizer.piece_bytes(token_id, self.special)
+        if self._strip and token_id != self.tokenizer.bos_id:
+            self._strip = False
+            if piece[:1] == b" ":
+                piece = piece[1:]
+        return self._decoder.decode(piece, final=False)
+
+    def flush(self) -> str:
+        text = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        return text
+
