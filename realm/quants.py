@@ -198,8 +198,8 @@ def _blocks(data, t: GGMLType, tensor: str | None) -> tuple[np.ndarray, dict[str
     buf = _as_bytes(data)
     if buf.size % layout.type_size:
         where = f"tensor {tensor!r}: " if tensor else ""
-        raise UnsupportedError(f"{where}{buf.size} bytes is not a multiple of {t.name}'s block of "
-                               f"{layout.type_size} bytes")
+        raise ValueError(f"{where}{buf.size} bytes is not a whole number of {t.name} blocks of "
+                         f"{layout.type_size} bytes")
     blocks = buf.reshape(-1, layout.type_size)  # (nb, type_size)
     fields, pos = {}, 0
     for name, dtype, count in layout.fields:
@@ -420,15 +420,18 @@ def dequantize_ref(data, ggml_type: GGMLType, *, tensor: str | None = None) -> n
     Raises
     ------
     UnsupportedError
-        The type has no dequantizer, or the length is not a whole number of blocks.
+        The type has no dequantizer (IQ*, TQ*, MXFP4, unknown ids).
+    ValueError
+        The length is not a whole number of blocks, or the array is not C-contiguous.
     """
     t = require_supported(ggml_type, tensor if tensor is not None else "?")
     if t in (GGMLType.F32, GGMLType.F16, GGMLType.BF16):
         buf = _as_bytes(data)
         size = LAYOUTS[t].type_size
         if buf.size % size:
-            raise UnsupportedError(f"tensor {tensor!r}: {buf.size} bytes is not a multiple of {t.name}'s "
-                                   f"element size {size}")
+            where = f"tensor {tensor!r}: " if tensor else ""
+            raise ValueError(f"{where}{buf.size} bytes is not a whole number of {t.name} values "
+                             f"of {size} bytes")
         return _float_ref(buf, t)
     _, fields = _blocks(data, t, tensor)
     return np.ascontiguousarray(_REF_DEQUANTIZERS[t](fields), dtype=np.float32).reshape(-1)
