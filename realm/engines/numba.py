@@ -1,0 +1,233 @@
+"""The Numba engine: the forward pass on still-quantized, memory-mapped weights.
+
+Weights are read-only views `GGUFFile.tensor_rows(name)`; a decode step multiplies them with fused
+quantized matvecs (no f32 copy of any matrix), a prompt (`len(ids) > 1`) with matmuls that read each
+weight once for all its tokens. Norms, RoPE and attention are `realm.kernels.ops`. The NumPy
+reference (`realm.engines.reference`) is the spec this engine is tested against.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+
+from realm.config import ModelConfig
+from realm.engines import DEFAULT_CTX
+from realm.errors import RealmError
+from realm.kernels import ops
+from realm.kernels.dequant import dequantize
+from realm.kernels.matvec import get_rows, matmul, matvec
+from realm.quants import GGMLType, require_supported
+
+Matrix = tuple[np.ndarray, GGMLType]  # (rows uint8 (rows, row_bytes) read-only view, type)
+
+
+@dataclass
+class Layer:
+    attn_norm: np.ndarray  # (dim,) f32
+    attn_q: Matrix  # (q_dim, dim)
+    attn_k: Matrix  # (kv_dim, dim)
+    attn_v: Matrix  # (kv_dim, dim)
+    attn_output: Matrix  # (dim, q_dim)
+    attn_q_norm: np.ndarray | None  # (head_dim,)
+    attn_k_norm: np.ndarray | None  # (head_dim,)
+    post_attention_norm: np.ndarray | None  # (dim,)
+    ffn_norm: np.ndarray  # (dim,)
+    ffn_gate: Matrix  # (hidden_dim, dim)
+    ffn_up: Matrix  # (hidden_dim, dim)
+    ffn_down: Matrix  # (dim, hidden_dim)
+    post_ffw_norm: np.ndarray | None  # (dim,)
+    window: int  # sliding window of this layer, 0 = global
+    rope_slot: int  # index into the per-eval cos/sin tables: 0 global, 1 sliding
+
+
+class Buffers:
+    """Activations for T tokens at a time, allocated once per T (decode reuses T=1)."""
+
+    def __init__(self, c: ModelConfig, T: int):
+        self.x = np.zeros((T, c.dim), np.float32)  # (T, dim) residual stream
+        self.xb = np.zeros((T, c.dim), np.float32)  # (T, dim) normed input of a block
+        self.out = np.zeros((T, c.dim), np.float32)  # (T, dim) block output
+        self.q = np.zeros((T, c.q_dim), np.float32)  # (T, n_heads * head_dim)
+        self.k = np.zeros((T, c.kv_dim), np.float32)  # (T, n_kv_heads * head_dim)
+        self.v = np.zeros((T, c.kv_dim), np.float32)  # (T, n_kv_heads * head_dim)
+        self.heads = np.zeros((T, c.q_dim), np.float32)  # (T, n_heads * head_dim) attention output
+        self.hb = np.zeros((T, c.hidden_dim), np.float32)  # (T, hidden_dim)
+        self.hb2 = np.zeros((T, c.hidden_dim), np.float32)  # (T, hidden_dim)
+        self.positions = np.zeros(T, np.int64)  # (T,)
+        self.cos = np.zeros((2, T, c.rope_dim // 2), np.float32)  # (global|sliding, T, rope_dim/2)
+        self.sin = np.zeros((2, T, c.rope_dim // 2), np.float32)
+        self.ids = np.zeros(T, np.int64)  # (T,)
+
+
+class NumbaEngine:
+    """Quantized forward pass with Numba kernels; `eval(ids)` appends to the KV cache and returns logits."""
+
+    name = "numba"
+
+    def __init__(self, gguf_file, config: ModelConfig, n_ctx: int = DEFAULT_CTX, threads: int | None = None):
+        if n_ctx <= 0:
+            raise RealmError(f"n_ctx must be positive, got {n_ctx}")
+        if threads is not None:
+            if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+                raise RealmError(f"threads must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {threads}")
+            numba.set_num_threads(threads)
+        self.config = c = config
+        self.n_ctx = n_ctx
+        self.threads = numba.get_num_threads()
+        self._file = gguf_file
+        self.weight_bytes = 0
+
+        def mat(name: str) -> Matrix:
+            info = gguf_file.tensors[name]
+            self.weight_bytes += info.n_bytes
+            return gguf_file.tensor_rows(name), require_supported(info.ggml_type, name)
+
+        def vec(name: str) -> np.ndarray | None:
+            info = gguf_file.tensors.get(name)
+            if info is None:
+                return None
+            self.weight_bytes += info.n_bytes
+            t = require_supported(info.ggml_type, name)
+            return dequantize(gguf_file.tensor_bytes(name), t, info.n_elements, tensor=name)  # (n,) f32
+
+        self.token_embd = mat("token_embd.weight")  # (vocab, dim)
+        self.output = self.token_embd if c.tied_output else mat("output.weight")  # (vocab, dim)
+        self.output_norm = vec("output_norm.weight")  # (dim,)
+        self.layers: list[Layer] = []
+        for il in range(c.n_layers):
+            b = f"blk.{il}."
+            sliding = c.layer_is_sliding(il)
+            self.layers.append(Layer(
+                attn_norm=vec(b + "attn_norm.weight"), attn_q=mat(b + "attn_q.weight"),
+                attn_k=mat(b + "attn_k.weight"), attn_v=mat(b + "attn_v.weight"),
+                attn_output=mat(b + "attn_output.weight"),
+                attn_q_norm=vec(b + "attn_q_norm.weight") if c.qk_norm else None,
+                attn_k_norm=vec(b + "attn_k_norm.weight") if c.qk_norm else None,
+                post_attention_norm=vec(b + "post_attention_norm.weight") if c.post_norms else None,
+                ffn_norm=vec(b + "ffn_norm.weight"), ffn_gate=mat(b + "ffn_gate.weight"),
+                ffn_up=mat(b + "ffn_up.weight"), ffn_down=mat(b + "ffn_down.weight"),
+                post_ffw_norm=vec(b + "post_ffw_norm.weight") if c.post_norms else None,
+                window=c.sliding_window if sliding else 0, rope_slot=1 if sliding else 0,
+            ))
+        # Tied output is read twice per token (one embedding row, then all rows): count it once more.
+        self.bytes_per_token = sum(m[0].nbytes for L in self.layers for m in (
+            L.attn_q, L.attn_k, L.attn_v, L.attn_output, L.ffn_gate, L.ffn_up, L.ffn_down)) + self.output[0].nbytes
+        self.key_cache = np.zeros((c.n_layers, c.n_kv_heads, n_ctx, c.head_dim), np.float32)  # (L, n_kv, n_ctx, hd)
+        self.value_cache = np.zeros_like(self.key_cache)  # (L, n_kv, n_ctx, hd)
+        self.att = np.zeros((c.n_heads, n_ctx), np.float32)  # (n_heads, n_ctx) attention scratch
+        self.logits = np.zeros(c.vocab_size, np.float32)  # (vocab,)
+        self._decode = Buffers(c, 1)
+        self.n_past = 0
+        self._stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
+
+    # --- interface ----------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.n_past = 0
+
+    def close(self) -> None:
+        self.layers = []
+
+    def stats(self) -> dict[str, Any]:
+        s = dict(self._stats)
+        for kind in ("prefill", "decode"):
+            s[kind + "_tok_s"] = s[kind + "_tokens"] / s[kind + "_s"] if s[kind + "_s"] > 0 else 0.0
+        return {"engine": self.name, "threads": self.threads, "n_past": self.n_past, "n_ctx": self.n_ctx,
+                "weight_bytes": self.weight_bytes, "bytes_per_token": self.bytes_per_token, **s}
+
+    def eval(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Append `ids` to the cache; logits (vocab,) of the last position, or (T, vocab) of every one."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)  # (T,)
+        T = ids.size
+        if T == 0:
+            raise RealmError("eval needs at least one token id")
+        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
+        if bad.size:
+            raise RealmError(f"token id {int(bad[0])} is out of range [0, {self.config.vocab_size})")
+        if self.n_past + T > self.n_ctx:
+            raise RealmError(f"context overflow: {self.n_past} cached + {T} new tokens > n_ctx {self.n_ctx}")
+        start = time.perf_counter()
+        B = self._decode if T == 1 else Buffers(self.config, T)
+        B.ids[:] = ids
+        self._forward(B, T)
+        logits = self._logits(B, T, all_logits)
+        kind = "prefill" if T > 1 else "decode"
+        self._stats[kind + "_tokens"] += T
+        self._stats[kind + "_s"] += time.perf_counter() - start
+        return logits
+
+    # --- forward pass ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _linear(w: Matrix, x: np.ndarray, out: np.ndarray) -> None:
+        """out (T, rows) = x (T, cols) @ w.T: matvec for one token, matmul for a prompt."""
+        if x.shape[0] == 1:
+            matvec(w[0], w[1], x[0], out[0])
+        else:
+            matmul(w[0], w[1], x, out)
+
+    def _forward(self, B: Buffers, T: int) -> None:
+        c = self.config
+        pos0 = self.n_past
+        B.positions[:] = np.arange(pos0, pos0 + T)
+        ops.rope_cos_sin(B.positions, c.rope_theta, c.rope_freq_scale, c.rope_dim, B.cos[0], B.sin[0])
+        ops.rope_cos_sin(B.positions, c.rope_theta_local, 1.0, c.rope_dim, B.cos[1], B.sin[1])
+        get_rows(self.token_embd[0], self.token_embd[1], B.ids, B.x)
+        if c.embed_scale != 1.0:
+            B.x *= np.float32(c.embed_scale)
+        q3 = B.q.reshape(T, c.n_heads, c.head_dim)  # (T, n_heads, hd)
+        k3 = B.k.reshape(T, c.n_kv_heads, c.head_dim)  # (T, n_kv, hd)
+        v3 = B.v.reshape(T, c.n_kv_heads, c.head_dim)
+        q_rows = B.q.reshape(T * c.n_heads, c.head_dim)  # per-head rows for qk norm
+        k_rows = B.k.reshape(T * c.n_kv_heads, c.head_dim)
+        heads3 = B.heads.reshape(T, c.n_heads, c.head_dim)
+        eps = c.norm_eps
+        ops.rmsnorm(B.x, self.layers[0].attn_norm, eps, B.xb)
+        for il, L in enumerate(self.layers):
+            self._linear(L.attn_q, B.xb, B.q)
+            self._linear(L.attn_k, B.xb, B.k)
+            self._linear(L.attn_v, B.xb, B.v)
+            if L.attn_q_norm is not None:
+                ops.rmsnorm(q_rows, L.attn_q_norm, eps, q_rows)
+                ops.rmsnorm(k_rows, L.attn_k_norm, eps, k_rows)
+            cos, sin = B.cos[L.rope_slot], B.sin[L.rope_slot]
+            ops.rope(q3, cos, sin, c.rope_style)
+            ops.rope(k3, cos, sin, c.rope_style)
+            kc, vc = self.key_cache[il], self.value_cache[il]  # (n_kv, n_ctx, hd)
+            kc[:, pos0:pos0 + T] = k3.transpose(1, 0, 2)
+            vc[:, pos0:pos0 + T] = v3.transpose(1, 0, 2)
+            ops.attention(q3, kc, vc, pos0, c.attn_scale, L.window, self.att, heads3)
+            self._linear(L.attn_output, B.heads, B.out)
+            if L.post_attention_norm is not None:
+                ops.rmsnorm(B.out, L.post_attention_norm, eps, B.out)
+            ops.add_rmsnorm(B.x, B.out, L.ffn_norm, eps, B.xb)  # x += attn; xb = norm(x)
+            self._linear(L.ffn_gate, B.xb, B.hb)
+            self._linear(L.ffn_up, B.xb, B.hb2)
+            ops.gated_act(B.hb.reshape(-1), B.hb2.reshape(-1), c.activation, B.hb.reshape(-1))
+            self._linear(L.ffn_down, B.hb, B.out)
+            if L.post_ffw_norm is not None:
+                ops.rmsnorm(B.out, L.post_ffw_norm, eps, B.out)
+            next_norm = self.layers[il + 1].attn_norm if il + 1 < len(self.layers) else self.output_norm
+            ops.add_rmsnorm(B.x, B.out, next_norm, eps, B.xb)  # x += ffn; xb = norm(x) for what follows
+        self.n_past = pos0 + T
+
+    def _logits(self, B: Buffers, T: int, all_logits: bool) -> np.ndarray:
+        c = self.config
+        if all_logits and T > 1:
+            logits = np.empty((T, c.vocab_size), np.float32)  # (T, vocab)
+            matmul(self.output[0], self.output[1], B.xb, logits)
+        else:
+            matvec(self.output[0], self.output[1], B.xb[-1], self.logits)
+            logits = self.logits.copy()  # (vocab,): the caller keeps it across evals
+            if all_logits:
+                logits = logits.reshape(1, -1)
+        if c.final_logit_softcap > 0:
+            cap = np.float32(c.final_logit_softcap)
+            np.tanh(logits / cap, out=logits)
+            logits *= cap
+        return logits
