@@ -1,0 +1,719 @@
+//! Dequantization and fused dequant-dot kernels for every supported ggml type.
+//!
+//! Per type: `dequantize_<type>` (bit-exact with gguf-py's NumPy dequantizers: same f32 operations in
+//! the same order), `dot_<type>` (scalar: one block dequantized into registers/stack, then dotted) and
+//! `dot_<type>_simd` (SIMD128), tested equal. `matmul` drives them over rows for 1..n tokens.
+//! Bit layouts: see quants.rs and https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/ggml-quants.c
+
+use crate::quants::*;
+use core::arch::wasm32::*;
+
+// ---------------------------------------------------------------------------------------------
+// Per-block scalar dequantization. `y` holds exactly one block's elements.
+
+#[inline(always)]
+fn deq_block_q4_0(b: &BlockQ4_0, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    for j in 0..QK4_0 / 2 {
+        y[j] = d * ((b.qs[j] & 0x0F) as i32 - 8) as f32;
+        y[j + QK4_0 / 2] = d * ((b.qs[j] >> 4) as i32 - 8) as f32;
+    }
+}
+
+#[inline(always)]
+fn deq_block_q4_1(b: &BlockQ4_1, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    let m = f16_to_f32(b.m);
+    for j in 0..QK4_1 / 2 {
+        y[j] = d * (b.qs[j] & 0x0F) as f32 + m;
+        y[j + QK4_1 / 2] = d * (b.qs[j] >> 4) as f32 + m;
+    }
+}
+
+#[inline(always)]
+fn deq_block_q5_0(b: &BlockQ5_0, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    let qh = u32::from_le_bytes(b.qh);
+    for j in 0..QK5_0 / 2 {
+        let h0 = ((qh >> j) & 1) << 4;
+        let h1 = ((qh >> (j + 16)) & 1) << 4;
+        y[j] = d * (((b.qs[j] & 0x0F) as u32 | h0) as i32 - 16) as f32;
+        y[j + QK5_0 / 2] = d * (((b.qs[j] >> 4) as u32 | h1) as i32 - 16) as f32;
+    }
+}
+
+#[inline(always)]
+fn deq_block_q5_1(b: &BlockQ5_1, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    let m = f16_to_f32(b.m);
+    let qh = u32::from_le_bytes(b.qh);
+    for j in 0..QK5_1 / 2 {
+        let h0 = ((qh >> j) & 1) << 4;
+        let h1 = ((qh >> (j + 16)) & 1) << 4;
+        y[j] = d * ((b.qs[j] & 0x0F) as u32 | h0) as f32 + m;
+        y[j + QK5_1 / 2] = d * ((b.qs[j] >> 4) as u32 | h1) as f32 + m;
+    }
+}
+
+#[inline(always)]
+fn deq_block_q8_0(b: &BlockQ8_0, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    for j in 0..QK8_0 {
+        y[j] = b.qs[j] as f32 * d;
+    }
+}
+
+#[inline(always)]
+fn deq_block_q2_k(b: &BlockQ2K, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    let dmin = f16_to_f32(b.dmin);
+    for c in 0..2 {
+        for s in 0..4 {
+            for l in 0..32 {
+                let e = 128 * c + 32 * s + l;
+                let sc = b.scales[e / 16];
+                let dl = d * (sc & 0xF) as f32;
+                let ml = dmin * (sc >> 4) as f32;
+                let q = (b.qs[32 * c + l] >> (2 * s)) & 3;
+                y[e] = dl * q as f32 - ml;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn q3_k_scales(scales: &[u8; 12]) -> [i8; 16] {
+    let mut sc = [0i8; 16];
+    for i in 0..16 {
+        let low = if i < 8 { scales[i] & 0xF } else { scales[i - 8] >> 4 };
+        let high = (scales[8 + i % 4] >> (2 * (i / 4))) & 3;
+        sc[i] = (low | (high << 4)) as i8 - 32;
+    }
+    sc
+}
+
+#[inline(always)]
+fn deq_block_q3_k(b: &BlockQ3K, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    let sc = q3_k_scales(&b.scales);
+    for c in 0..2 {
+        for s in 0..4 {
+            for l in 0..32 {
+                let e = 128 * c + 32 * s + l;
+                let dl = d * sc[e / 16] as f32;
+                let ql = ((b.qs[32 * c + l] >> (2 * s)) & 3) as i8;
+                let hbit = ((b.hmask[l] >> (4 * c + s)) & 1) ^ 1;
+                let q = ql - (hbit << 2) as i8;
+                y[e] = dl * q as f32;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn deq_block_q4_k(b: &BlockQ4K, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    let dmin = f16_to_f32(b.dmin);
+    for j in 0..4 {
+        let (sc1, m1) = get_scale_min_k4(2 * j, &b.scales);
+        let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
+        let d1 = d * sc1 as f32;
+        let dm1 = dmin * m1 as f32;
+        let d2 = d * sc2 as f32;
+        let dm2 = dmin * m2 as f32;
+        for l in 0..32 {
+            let q = b.qs[32 * j + l];
+            y[64 * j + l] = d1 * (q & 0xF) as f32 - dm1;
+            y[64 * j + 32 + l] = d2 * (q >> 4) as f32 - dm2;
+        }
+    }
+}
+
+#[inline(always)]
+fn deq_block_q5_k(b: &BlockQ5K, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    let dmin = f16_to_f32(b.dmin);
+    for j in 0..4 {
+        let (sc1, m1) = get_scale_min_k4(2 * j, &b.scales);
+        let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
+        let d1 = d * sc1 as f32;
+        let dm1 = dmin * m1 as f32;
+        let d2 = d * sc2 as f32;
+        let dm2 = dmin * m2 as f32;
+        for l in 0..32 {
+            let q = b.qs[32 * j + l];
+            let h1 = ((b.qh[l] >> (2 * j)) & 1) << 4;
+            let h2 = ((b.qh[l] >> (2 * j + 1)) & 1) << 4;
+            y[64 * j + l] = d1 * ((q & 0xF) | h1) as f32 - dm1;
+            y[64 * j + 32 + l] = d2 * ((q >> 4) | h2) as f32 - dm2;
+        }
+    }
+}
+
+#[inline(always)]
+fn deq_block_q6_k(b: &BlockQ6K, y: &mut [f32]) {
+    let d = f16_to_f32(b.d);
+    for h in 0..2 {
+        for g in 0..4 {
+            for l in 0..32 {
+                let qlb = b.ql[64 * h + l + 32 * (g & 1)];
+                let low = if g < 2 { qlb & 0xF } else { qlb >> 4 };
+                let high = (b.qh[32 * h + l] >> (2 * g)) & 3;
+                let q = (low | (high << 4)) as i8 - 32;
+                let e = 128 * h + 32 * g + l;
+                let dl = d * b.scales[e / 16] as f32;
+                y[e] = dl * q as f32;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// dequantize_<type>: src holds whole blocks, dst their elements.
+
+macro_rules! dequantize_fn {
+    ($name:ident, $block:ty, $qk:expr, $deq:ident) => {
+        /// Whole blocks -> f32 elements (bit-exact with gguf-py).
+        pub fn $name(src: &[u8], dst: &mut [f32]) {
+            for (b, y) in as_blocks::<$block>(src).iter().zip(dst.chunks_exact_mut($qk)) {
+                $deq(b, y);
+            }
+        }
+    };
+}
+dequantize_fn!(dequantize_q4_0, BlockQ4_0, QK4_0, deq_block_q4_0);
+dequantize_fn!(dequantize_q4_1, BlockQ4_1, QK4_1, deq_block_q4_1);
+dequantize_fn!(dequantize_q5_0, BlockQ5_0, QK5_0, deq_block_q5_0);
+dequantize_fn!(dequantize_q5_1, BlockQ5_1, QK5_1, deq_block_q5_1);
+dequantize_fn!(dequantize_q8_0, BlockQ8_0, QK8_0, deq_block_q8_0);
+dequantize_fn!(dequantize_q2_k, BlockQ2K, QK_K, deq_block_q2_k);
+dequantize_fn!(dequantize_q3_k, BlockQ3K, QK_K, deq_block_q3_k);
+dequantize_fn!(dequantize_q4_k, BlockQ4K, QK_K, deq_block_q4_k);
+dequantize_fn!(dequantize_q5_k, BlockQ5K, QK_K, deq_block_q5_k);
+dequantize_fn!(dequantize_q6_k, BlockQ6K, QK_K, deq_block_q6_k);
+
+/// f32 little-endian bytes -> f32.
+pub fn dequantize_f32(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(4).zip(dst.iter_mut()) {
+        *y = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    }
+}
+
+/// f16 bit patterns -> f32.
+pub fn dequantize_f16(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(2).zip(dst.iter_mut()) {
+        *y = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+    }
+}
+
+/// bf16 bit patterns -> f32 (the top half of an f32).
+pub fn dequantize_bf16(src: &[u8], dst: &mut [f32]) {
+    for (b, y) in src.chunks_exact(2).zip(dst.iter_mut()) {
+        *y = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+    }
+}
+
+/// Dequantize whole blocks of any supported type.
+pub fn dequantize(t: GgmlType, src: &[u8], dst: &mut [f32]) {
+    match t {
+        GgmlType::F32 => dequantize_f32(src, dst),
+        GgmlType::F16 => dequantize_f16(src, dst),
+        GgmlType::BF16 => dequantize_bf16(src, dst),
+        GgmlType::Q4_0 => dequantize_q4_0(src, dst),
+        GgmlType::Q4_1 => dequantize_q4_1(src, dst),
+        GgmlType::Q5_0 => dequantize_q5_0(src, dst),
+        GgmlType::Q5_1 => dequantize_q5_1(src, dst),
+        GgmlType::Q8_0 => dequantize_q8_0(src, dst),
+        GgmlType::Q2_K => dequantize_q2_k(src, dst),
+        GgmlType::Q3_K => dequantize_q3_k(src, dst),
+        GgmlType::Q4_K => dequantize_q4_k(src, dst),
+        GgmlType::Q5_K => dequantize_q5_k(src, dst),
+        GgmlType::Q6_K => dequantize_q6_k(src, dst),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar fused dots: row (whole blocks) · x -> f32. Each block is dequantized onto the stack.
+
+macro_rules! dot_scalar_fn {
+    ($name:ident, $block:ty, $qk:expr, $deq:ident) => {
+        /// Scalar twin: row · x, one block at a time.
+        pub fn $name(row: &[u8], x: &[f32]) -> f32 {
+            let mut tmp = [0f32; $qk];
+            let mut sum = 0f32;
+            for (b, xb) in as_blocks::<$block>(row).iter().zip(x.chunks_exact($qk)) {
+                $deq(b, &mut tmp);
+                for i in 0..$qk {
+                    sum += tmp[i] * xb[i];
+                }
+            }
+            sum
+        }
+    };
+}
+dot_scalar_fn!(dot_q4_0, BlockQ4_0, QK4_0, deq_block_q4_0);
+dot_scalar_fn!(dot_q4_1, BlockQ4_1, QK4_1, deq_block_q4_1);
+dot_scalar_fn!(dot_q5_0, BlockQ5_0, QK5_0, deq_block_q5_0);
+dot_scalar_fn!(dot_q5_1, BlockQ5_1, QK5_1, deq_block_q5_1);
+dot_scalar_fn!(dot_q8_0, BlockQ8_0, QK8_0, deq_block_q8_0);
+dot_scalar_fn!(dot_q2_k, BlockQ2K, QK_K, deq_block_q2_k);
+dot_scalar_fn!(dot_q3_k, BlockQ3K, QK_K, deq_block_q3_k);
+dot_scalar_fn!(dot_q4_k, BlockQ4K, QK_K, deq_block_q4_k);
+dot_scalar_fn!(dot_q5_k, BlockQ5K, QK_K, deq_block_q5_k);
+dot_scalar_fn!(dot_q6_k, BlockQ6K, QK_K, deq_block_q6_k);
+
+/// Scalar twin for f32 rows.
+pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (b, xv) in row.chunks_exact(4).zip(x.iter()) {
+        sum += f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * xv;
+    }
+    sum
+}
+
+/// Scalar twin for f16 rows.
+pub fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (b, xv) in row.chunks_exact(2).zip(x.iter()) {
+        sum += f16_to_f32(u16::from_le_bytes([b[0], b[1]])) * xv;
+    }
+    sum
+}
+
+/// Scalar twin for bf16 rows.
+pub fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
+    let mut sum = 0f32;
+    for (b, xv) in row.chunks_exact(2).zip(x.iter()) {
+        sum += f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16) * xv;
+    }
+    sum
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMD128 helpers.
+
+#[inline(always)]
+fn hsum(v: v128) -> f32 {
+    (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
+}
+
+#[inline(always)]
+unsafe fn load(p: *const u8) -> v128 {
+    v128_load(p as *const v128)
+}
+
+#[inline(always)]
+unsafe fn loadf(p: *const f32) -> v128 {
+    v128_load(p as *const v128)
+}
+
+/// 16 signed bytes · 16 floats at `x`, as an f32x4 partial sum.
+#[inline(always)]
+unsafe fn dot_i8x16(q: v128, x: *const f32) -> v128 {
+    let lo = i16x8_extend_low_i8x16(q);
+    let hi = i16x8_extend_high_i8x16(q);
+    let a = f32x4_mul(f32x4_convert_i32x4(i32x4_extend_low_i16x8(lo)), loadf(x));
+    let b = f32x4_mul(f32x4_convert_i32x4(i32x4_extend_high_i16x8(lo)), loadf(x.add(4)));
+    let c = f32x4_mul(f32x4_convert_i32x4(i32x4_extend_low_i16x8(hi)), loadf(x.add(8)));
+    let d = f32x4_mul(f32x4_convert_i32x4(i32x4_extend_high_i16x8(hi)), loadf(x.add(12)));
+    f32x4_add(f32x4_add(a, b), f32x4_add(c, d))
+}
+
+/// Sum of 16 floats at `x` as f32x4.
+#[inline(always)]
+unsafe fn sum_x16(x: *const f32) -> v128 {
+    f32x4_add(f32x4_add(loadf(x), loadf(x.add(4))), f32x4_add(loadf(x.add(8)), loadf(x.add(12))))
+}
+
+/// a · b over n floats (any n) with SIMD128.
+pub fn dot_f32_f32_simd(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    unsafe {
+        let mut acc0 = f32x4_splat(0.0);
+        let mut acc1 = f32x4_splat(0.0);
+        let mut acc2 = f32x4_splat(0.0);
+        let mut acc3 = f32x4_splat(0.0);
+        while i + 16 <= n {
+            acc0 = f32x4_add(acc0, f32x4_mul(loadf(pa.add(i)), loadf(pb.add(i))));
+            acc1 = f32x4_add(acc1, f32x4_mul(loadf(pa.add(i + 4)), loadf(pb.add(i + 4))));
+            acc2 = f32x4_add(acc2, f32x4_mul(loadf(pa.add(i + 8)), loadf(pb.add(i + 8))));
+            acc3 = f32x4_add(acc3, f32x4_mul(loadf(pa.add(i + 12)), loadf(pb.add(i + 12))));
+            i += 16;
+        }
+        while i + 4 <= n {
+            acc0 = f32x4_add(acc0, f32x4_mul(loadf(pa.add(i)), loadf(pb.add(i))));
+            i += 4;
+        }
+        let mut sum = hsum(f32x4_add(f32x4_add(acc0, acc1), f32x4_add(acc2, acc3)));
+        while i < n {
+            sum += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        sum
+    }
+}
+
+macro_rules! dot_generic_simd_fn {
+    ($name:ident, $block:ty, $qk:expr, $deq:ident) => {
+        /// SIMD128: each block dequantized onto the stack, then a SIMD f32 dot.
+        pub fn $name(row: &[u8], x: &[f32]) -> f32 {
+            let mut tmp = [0f32; $qk];
+            let mut sum = 0f32;
+            for (b, xb) in as_blocks::<$block>(row).iter().zip(x.chunks_exact($qk)) {
+                $deq(b, &mut tmp);
+                sum += dot_f32_f32_simd(&tmp, xb);
+            }
+            sum
+        }
+    };
+}
+dot_generic_simd_fn!(dot_q4_1_simd, BlockQ4_1, QK4_1, deq_block_q4_1);
+dot_generic_simd_fn!(dot_q5_1_simd, BlockQ5_1, QK5_1, deq_block_q5_1);
+dot_generic_simd_fn!(dot_q2_k_simd, BlockQ2K, QK_K, deq_block_q2_k);
+dot_generic_simd_fn!(dot_q3_k_simd, BlockQ3K, QK_K, deq_block_q3_k);
+
+/// SIMD128 f32 row.
+pub fn dot_f32_simd(row: &[u8], x: &[f32]) -> f32 {
+    let n = (row.len() / 4).min(x.len());
+    let a = unsafe { core::slice::from_raw_parts(row.as_ptr() as *const f32, n) };
+    dot_f32_f32_simd(a, &x[..n])
+}
+
+/// Eight f16 bit patterns (u16x8) -> two f32x4 (same bit trick as `f16_to_f32`).
+#[inline(always)]
+unsafe fn f16x8_to_f32x4x2(h: v128) -> (v128, v128) {
+    let cvt = |w: v128| -> v128 {
+        let sign = i32x4_shl(v128_and(w, u32x4_splat(0x8000)), 16);
+        let em = v128_and(w, u32x4_splat(0x7fff));
+        let scaled = f32x4_mul(i32x4_shl(em, 13), f32x4_splat(f32::from_bits(0x7780_0000)));
+        let special = v128_or(i32x4_shl(em, 13), u32x4_splat(0x7f80_0000));
+        let is_special = u32x4_ge(em, u32x4_splat(0x7c00));
+        v128_or(v128_bitselect(special, scaled, is_special), sign)
+    };
+    (cvt(u32x4_extend_low_u16x8(h)), cvt(u32x4_extend_high_u16x8(h)))
+}
+
+/// SIMD128 f16 row.
+pub fn dot_f16_simd(row: &[u8], x: &[f32]) -> f32 {
+    let n = (row.len() / 2).min(x.len());
+    let (pr, px) = (row.as_ptr(), x.as_ptr());
+    let mut i = 0;
+    let mut sum;
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        while i + 8 <= n {
+            let (a, b) = f16x8_to_f32x4x2(load(pr.add(2 * i)));
+            acc = f32x4_add(acc, f32x4_add(f32x4_mul(a, loadf(px.add(i))), f32x4_mul(b, loadf(px.add(i + 4)))));
+            i += 8;
+        }
+        sum = hsum(acc);
+    }
+    while i < n {
+        sum += f16_to_f32(u16::from_le_bytes([row[2 * i], row[2 * i + 1]])) * x[i];
+        i += 1;
+    }
+    sum
+}
+
+/// y += a * v for f16 bit patterns v (the KV cache's values), SIMD128.
+pub fn axpy_f16_simd(y: &mut [f32], a: f32, v: &[u8]) {
+    let n = y.len().min(v.len() / 2);
+    let (py, pv) = (y.as_mut_ptr(), v.as_ptr());
+    let mut i = 0;
+    unsafe {
+        let av = f32x4_splat(a);
+        while i + 8 <= n {
+            let (lo, hi) = f16x8_to_f32x4x2(load(pv.add(2 * i)));
+            v128_store(py.add(i) as *mut v128, f32x4_add(loadf(py.add(i)), f32x4_mul(av, lo)));
+            v128_store(py.add(i + 4) as *mut v128, f32x4_add(loadf(py.add(i + 4)), f32x4_mul(av, hi)));
+            i += 8;
+        }
+    }
+    while i < n {
+        y[i] += a * f16_to_f32(u16::from_le_bytes([v[2 * i], v[2 * i + 1]]));
+        i += 1;
+    }
+}
+
+/// SIMD128 bf16 row.
+pub fn dot_bf16_simd(row: &[u8], x: &[f32]) -> f32 {
+    let n = (row.len() / 2).min(x.len());
+    let (pr, px) = (row.as_ptr(), x.as_ptr());
+    let mut i = 0;
+    let mut sum;
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        while i + 8 <= n {
+            let h = load(pr.add(2 * i));
+            let a = i32x4_shl(u32x4_extend_low_u16x8(h), 16);
+            let b = i32x4_shl(u32x4_extend_high_u16x8(h), 16);
+            acc = f32x4_add(acc, f32x4_add(f32x4_mul(a, loadf(px.add(i))), f32x4_mul(b, loadf(px.add(i + 4)))));
+            i += 8;
+        }
+        sum = hsum(acc);
+    }
+    while i < n {
+        sum += f32::from_bits((u16::from_le_bytes([row[2 * i], row[2 * i + 1]]) as u32) << 16) * x[i];
+        i += 1;
+    }
+    sum
+}
+
+/// SIMD128 Q8_0: sum_j d_j * (q_j · x_j).
+pub fn dot_q8_0_simd(row: &[u8], x: &[f32]) -> f32 {
+    let blocks = as_blocks::<BlockQ8_0>(row);
+    let nb = blocks.len().min(x.len() / QK8_0);
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        for i in 0..nb {
+            let b = &blocks[i];
+            let px = x.as_ptr().add(i * QK8_0);
+            let q = b.qs.as_ptr() as *const u8;
+            let s = f32x4_add(dot_i8x16(load(q), px), dot_i8x16(load(q.add(16)), px.add(16)));
+            acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(f16_to_f32(b.d))));
+        }
+        hsum(acc)
+    }
+}
+
+/// SIMD128 Q4_0.
+pub fn dot_q4_0_simd(row: &[u8], x: &[f32]) -> f32 {
+    let blocks = as_blocks::<BlockQ4_0>(row);
+    let nb = blocks.len().min(x.len() / QK4_0);
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        let m4 = u8x16_splat(0x0F);
+        let eight = i8x16_splat(8);
+        for i in 0..nb {
+            let b = &blocks[i];
+            let px = x.as_ptr().add(i * QK4_0);
+            let v = load(b.qs.as_ptr());
+            let lo = i8x16_sub(v128_and(v, m4), eight);
+            let hi = i8x16_sub(u8x16_shr(v, 4), eight);
+            let s = f32x4_add(dot_i8x16(lo, px), dot_i8x16(hi, px.add(16)));
+            acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(f16_to_f32(b.d))));
+        }
+        hsum(acc)
+    }
+}
+
+/// The 5th bits of a Q5 block as two byte masks (0x10 where set) for elements 0..16 and 16..32.
+#[inline(always)]
+unsafe fn q5_high_bits(qh: &[u8; 4]) -> (v128, v128) {
+    let h = u32x4_splat(u32::from_le_bytes(*qh));
+    let bit = u8x16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+    let lo = i8x16_swizzle(h, u8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
+    let hi = i8x16_swizzle(h, u8x16(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+    let ten = u8x16_splat(0x10);
+    let zero = u8x16_splat(0);
+    (
+        v128_and(i8x16_ne(v128_and(lo, bit), zero), ten),
+        v128_and(i8x16_ne(v128_and(hi, bit), zero), ten),
+    )
+}
+
+/// SIMD128 Q5_0.
+pub fn dot_q5_0_simd(row: &[u8], x: &[f32]) -> f32 {
+    let blocks = as_blocks::<BlockQ5_0>(row);
+    let nb = blocks.len().min(x.len() / QK5_0);
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        let m4 = u8x16_splat(0x0F);
+        let sixteen = i8x16_splat(16);
+        for i in 0..nb {
+            let b = &blocks[i];
+            let px = x.as_ptr().add(i * QK5_0);
+            let v = load(b.qs.as_ptr());
+            let (h0, h1) = q5_high_bits(&b.qh);
+            let lo = i8x16_sub(v128_or(v128_and(v, m4), h0), sixteen);
+            let hi = i8x16_sub(v128_or(u8x16_shr(v, 4), h1), sixteen);
+            let s = f32x4_add(dot_i8x16(lo, px), dot_i8x16(hi, px.add(16)));
+            acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(f16_to_f32(b.d))));
+        }
+        hsum(acc)
+    }
+}
+
+/// SIMD128 Q4_K: per group of 32, d*sc*(q·x) - dmin*m*sum(x).
+pub fn dot_q4_k_simd(row: &[u8], x: &[f32]) -> f32 {
+    let blocks = as_blocks::<BlockQ4K>(row);
+    let nb = blocks.len().min(x.len() / QK_K);
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        let m4 = u8x16_splat(0x0F);
+        for i in 0..nb {
+            let b = &blocks[i];
+            let d = f16_to_f32(b.d);
+            let dmin = f16_to_f32(b.dmin);
+            let px = x.as_ptr().add(i * QK_K);
+            for j in 0..4 {
+                let (sc1, m1) = get_scale_min_k4(2 * j, &b.scales);
+                let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
+                let q0 = load(b.qs.as_ptr().add(32 * j));
+                let q1 = load(b.qs.as_ptr().add(32 * j + 16));
+                let x1 = px.add(64 * j);
+                let x2 = px.add(64 * j + 32);
+                let s1 = f32x4_add(dot_i8x16(v128_and(q0, m4), x1), dot_i8x16(v128_and(q1, m4), x1.add(16)));
+                let s2 = f32x4_add(dot_i8x16(u8x16_shr(q0, 4), x2), dot_i8x16(u8x16_shr(q1, 4), x2.add(16)));
+                let sx1 = f32x4_add(sum_x16(x1), sum_x16(x1.add(16)));
+                let sx2 = f32x4_add(sum_x16(x2), sum_x16(x2.add(16)));
+                acc = f32x4_add(acc, f32x4_mul(s1, f32x4_splat(d * sc1 as f32)));
+                acc = f32x4_sub(acc, f32x4_mul(sx1, f32x4_splat(dmin * m1 as f32)));
+                acc = f32x4_add(acc, f32x4_mul(s2, f32x4_splat(d * sc2 as f32)));
+                acc = f32x4_sub(acc, f32x4_mul(sx2, f32x4_splat(dmin * m2 as f32)));
+            }
+        }
+        hsum(acc)
+    }
+}
+
+/// SIMD128 Q5_K.
+pub fn dot_q5_k_simd(row: &[u8], x: &[f32]) -> f32 {
+    let blocks = as_blocks::<BlockQ5K>(row);
+    let nb = blocks.len().min(x.len() / QK_K);
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        let m4 = u8x16_splat(0x0F);
+        let one = u8x16_splat(1);
+        for i in 0..nb {
+            let b = &blocks[i];
+            let d = f16_to_f32(b.d);
+            let dmin = f16_to_f32(b.dmin);
+            let px = x.as_ptr().add(i * QK_K);
+            let qh0 = load(b.qh.as_ptr());
+            let qh1 = load(b.qh.as_ptr().add(16));
+            for j in 0..4 {
+                let (sc1, m1) = get_scale_min_k4(2 * j, &b.scales);
+                let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
+                let q0 = load(b.qs.as_ptr().add(32 * j));
+                let q1 = load(b.qs.as_ptr().add(32 * j + 16));
+                let s1b = 2 * j as u32;
+                let h = |qh: v128, s: u32| i8x16_shl(v128_and(u8x16_shr(qh, s), one), 4);
+                let x1 = px.add(64 * j);
+                let x2 = px.add(64 * j + 32);
+                let a0 = v128_or(v128_and(q0, m4), h(qh0, s1b));
+                let a1 = v128_or(v128_and(q1, m4), h(qh1, s1b));
+                let b0 = v128_or(u8x16_shr(q0, 4), h(qh0, s1b + 1));
+                let b1 = v128_or(u8x16_shr(q1, 4), h(qh1, s1b + 1));
+                let s1 = f32x4_add(dot_i8x16(a0, x1), dot_i8x16(a1, x1.add(16)));
+                let s2 = f32x4_add(dot_i8x16(b0, x2), dot_i8x16(b1, x2.add(16)));
+                let sx1 = f32x4_add(sum_x16(x1), sum_x16(x1.add(16)));
+                let sx2 = f32x4_add(sum_x16(x2), sum_x16(x2.add(16)));
+                acc = f32x4_add(acc, f32x4_mul(s1, f32x4_splat(d * sc1 as f32)));
+                acc = f32x4_sub(acc, f32x4_mul(sx1, f32x4_splat(dmin * m1 as f32)));
+                acc = f32x4_add(acc, f32x4_mul(s2, f32x4_splat(d * sc2 as f32)));
+                acc = f32x4_sub(acc, f32x4_mul(sx2, f32x4_splat(dmin * m2 as f32)));
+            }
+        }
+        hsum(acc)
+    }
+}
+
+/// SIMD128 Q6_K: per group of 16, d*scale*(q·x).
+pub fn dot_q6_k_simd(row: &[u8], x: &[f32]) -> f32 {
+    let blocks = as_blocks::<BlockQ6K>(row);
+    let nb = blocks.len().min(x.len() / QK_K);
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        let m4 = u8x16_splat(0x0F);
+        let m3 = u8x16_splat(0x03);
+        let off = i8x16_splat(32);
+        for i in 0..nb {
+            let b = &blocks[i];
+            let d = f16_to_f32(b.d);
+            let px = x.as_ptr().add(i * QK_K);
+            for h in 0..2 {
+                for l in (0..32).step_by(16) {
+                    let qa = load(b.ql.as_ptr().add(64 * h + l));
+                    let qb = load(b.ql.as_ptr().add(64 * h + 32 + l));
+                    let qh = load(b.qh.as_ptr().add(32 * h + l));
+                    let q = [
+                        v128_or(v128_and(qa, m4), i8x16_shl(v128_and(qh, m3), 4)),
+                        v128_or(v128_and(qb, m4), i8x16_shl(v128_and(u8x16_shr(qh, 2), m3), 4)),
+                        v128_or(u8x16_shr(qa, 4), i8x16_shl(v128_and(u8x16_shr(qh, 4), m3), 4)),
+                        v128_or(u8x16_shr(qb, 4), i8x16_shl(u8x16_shr(qh, 6), 4)),
+                    ];
+                    for g in 0..4 {
+                        let e = 128 * h + 32 * g + l;
+                        let s = dot_i8x16(i8x16_sub(q[g], off), px.add(e));
+                        acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(d * b.scales[e / 16] as f32)));
+                    }
+                }
+            }
+        }
+        hsum(acc)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch.
+
+/// row · x for one row of type `t` (scalar twin or SIMD128).
+#[inline]
+pub fn dot(t: GgmlType, row: &[u8], x: &[f32], simd: bool) -> f32 {
+    if simd {
+        match t {
+            GgmlType::F32 => dot_f32_simd(row, x),
+            GgmlType::F16 => dot_f16_simd(row, x),
+            GgmlType::BF16 => dot_bf16_simd(row, x),
+            GgmlType::Q4_0 => dot_q4_0_simd(row, x),
+            GgmlType::Q4_1 => dot_q4_1_simd(row, x),
+            GgmlType::Q5_0 => dot_q5_0_simd(row, x),
+            GgmlType::Q5_1 => dot_q5_1_simd(row, x),
+            GgmlType::Q8_0 => dot_q8_0_simd(row, x),
+            GgmlType::Q2_K => dot_q2_k_simd(row, x),
+            GgmlType::Q3_K => dot_q3_k_simd(row, x),
+            GgmlType::Q4_K => dot_q4_k_simd(row, x),
+            GgmlType::Q5_K => dot_q5_k_simd(row, x),
+            GgmlType::Q6_K => dot_q6_k_simd(row, x),
+        }
+    } else {
+        match t {
+            GgmlType::F32 => dot_f32(row, x),
+            GgmlType::F16 => dot_f16(row, x),
+            GgmlType::BF16 => dot_bf16(row, x),
+            GgmlType::Q4_0 => dot_q4_0(row, x),
+            GgmlType::Q4_1 => dot_q4_1(row, x),
+            GgmlType::Q5_0 => dot_q5_0(row, x),
+            GgmlType::Q5_1 => dot_q5_1(row, x),
+            GgmlType::Q8_0 => dot_q8_0(row, x),
+            GgmlType::Q2_K => dot_q2_k(row, x),
+            GgmlType::Q3_K => dot_q3_k(row, x),
+            GgmlType::Q4_K => dot_q4_k(row, x),
+            GgmlType::Q5_K => dot_q5_k(row, x),
+            GgmlType::Q6_K => dot_q6_k(row, x),
+        }
+    }
+}
+
+/// out[t * out_stride + r] = w[r] · x[t] for rows r of `w` (rows × row_bytes) and tokens t < nt;
+/// x is (nt, cols). With several tokens each row is dequantized once into `tmp` (>= cols floats)
+/// and reused for every token.
+pub fn matmul(
+    t: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    nt: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    tmp: &mut [f32],
+) {
+    let row_bytes = w.len() / rows.max(1);
+    if nt == 1 {
+        for r in 0..rows {
+            out[r] = dot(t, &w[r * row_bytes..(r + 1) * row_bytes], &x[..cols], true);
+        }
+        return;
+    }
+    let tmp = &mut tmp[..cols];
+    for r in 0..rows {
+        dequantize(t, &w[r * row_bytes..(r + 1) * row_bytes], tmp);
+        for ti in 0..nt {
+            out[ti * out_stride + r] = dot_f32_f32_simd(tmp, &x[ti * cols..(ti + 1) * cols]);
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! realm's wasm32 guest: the exports of docs/abi.md, each forwarding into the model.
+//!
+//! The transformer lives in model.rs, kernels in kernels.rs, the sampler in sample.rs; host imports
+//! only in host.rs. Every export returns an `abi::ERR_*` code on failure and never traps on bad input.
+
+mod abi;
+mod host;
+mod kernels;
+mod model;
+mod quants;
+mod sample;
+
+/// Allocate `size` bytes (8-aligned) for the host; 0 on failure.
+#[no_mangle]
+pub extern "C" fn realm_alloc(size: i32) -> i32 {
+    model::alloc(size)
+}
+
+/// Free what `realm_alloc` returned.
+#[no_mangle]
+pub extern "C" fn realm_free(ptr: i32, size: i32) {
+    model::free(ptr, size)
+}
+
+/// Read config and tensor infos of `model_id`, allocate the KV cache and the weight cache.
+#[no_mangle]
+pub extern "C" fn realm_init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
+    model::init(model_id, n_ctx, budget)
+}
+
+/// Append tokens to the KV cache and compute logits (last position, or all).
+#[no_mangle]
+pub extern "C" fn realm_eval(tokens_ptr: i32, n_tokens: i32, all_logits: i32) -> i32 {
+    model::eval(tokens_ptr, n_tokens, all_logits)
+}
+
+/// Address of the logits of the last `realm_eval`.
+#[no_mangle]
+pub extern "C" fn realm_logits_ptr() -> i32 {
+    model::logits_ptr()
+}
+
+/// Sample a token from the last position's logits.
+#[no_mangle]
+pub extern "C" fn realm_sample(params_ptr: i32) -> i32 {
+    model::sample(params_ptr)
+}
+
+/// Empty the KV cache (weights stay cached).
+#[no_mangle]
+pub extern "C" fn realm_reset() -> i32 {
+    model::reset()
+}
+
+/// Write `GuestStats` to `out_ptr`.
+#[no_mangle]
+pub extern "C" fn realm_stats(out_ptr: i32) -> i32 {
+    model::stats_export(out_ptr)
+}
+
+/// Test export: dequantize `n_blocks` blocks of `ggml_type` at `src_ptr` into f32 at `dst_ptr`.
+#[no_mangle]
+pub extern "C" fn realm_debug_dequant(ggml_type: i32, src_ptr: i32, n_blocks: i32, dst_ptr: i32) -> i32 {
+    model::debug_dequant(ggml_type, src_ptr, n_blocks, dst_ptr)
+}
+
+/// Test export: out[r] = w[r] · x for a (rows, cols) matrix of `ggml_type` (simd 0: scalar twin, 1: SIMD128).
+#[no_mangle]
+pub extern "C" fn realm_debug_matvec(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32, out_ptr: i32, simd: i32) -> i32 {
+    model::debug_matvec(ggml_type, w_ptr, rows, cols, x_ptr, out_ptr, simd)
+}
+
+/// Test export: the guest's f16 -> f32 conversion of one bit pattern.
+#[no_mangle]
+pub extern "C" fn realm_debug_f16_to_f32(bits: i32) -> f32 {
+    quants::f16_to_f32(bits as u16)
+}
+
+/// Test export: the guest's f32 -> f16 conversion (the KV cache format) of one value.
+#[no_mangle]
+pub extern "C" fn realm_debug_f32_to_f16(value: f32) -> i32 {
+    quants::f32_to_f16(value) as i32
+}
+

@@ -1,0 +1,1016 @@
+//! The transformer: config, weights (resident cache + streaming), KV cache (f16), forward pass.
+//!
+//! Memory model (DESIGN.md): everything lives inside `budget` bytes of linear memory. At init the
+//! KV cache, activations for `n_batch` tokens, the logits and a streaming chunk buffer are
+//! allocated; the rest of the budget pins matrices in access order (layer by layer, then the
+//! output matrix), loaded on first use. Matrices that do not fit are streamed through the chunk
+//! buffer at every use; each chunk is multiplied with all tokens of the batch. Token embeddings are
+//! fetched one row per token. llama and gemma3 differ only through `Config` fields.
+
+use crate::abi::*;
+use crate::host;
+use crate::kernels;
+use crate::quants::{f32_to_f16, GgmlType};
+use crate::sample;
+use core::arch::wasm32::memory_size;
+use std::alloc::{alloc as sys_alloc, dealloc, Layout};
+
+const SLACK: usize = 1 << 20; // headroom for the allocator and small allocations
+const MAX_BATCH: usize = 64; // tokens per weight pass
+const MAX_CHUNK: usize = 4 << 20; // streaming chunk
+const MIN_CHUNK: usize = 256 << 10;
+const MAX_READ: usize = 1 << 30; // largest single host read
+
+type Res<T> = Result<T, i32>;
+
+// ---------------------------------------------------------------------------------------------
+// Global state (the guest is single-threaded).
+
+static mut ENGINE: Option<Box<Engine>> = None;
+static mut STATS: GuestStats = GuestStats {
+    bytes_fetched: 0,
+    host_calls: 0,
+    cache_hits: 0,
+    cache_misses: 0,
+    peak_memory: 0,
+    n_past: 0,
+    cache_bytes: 0,
+    reserved: 0,
+};
+static mut HEAP_BASE: usize = 0; // linear memory size before the first engine was built
+static mut ACCOUNTED: usize = 0; // bytes held by engine buffers
+
+fn stats() -> &'static mut GuestStats {
+    unsafe { &mut STATS }
+}
+
+/// Current linear memory size in bytes (also tracks the peak).
+fn mem_bytes() -> usize {
+    let m = memory_size(0) * 65536;
+    let s = stats();
+    if m as u64 > s.peak_memory {
+        s.peak_memory = m as u64;
+    }
+    m
+}
+
+/// A range of guest memory given by the host, if it lies inside memory.
+fn mem_range(ptr: i32, len: usize) -> Option<*mut u8> {
+    let p = ptr as u32 as usize;
+    if p.checked_add(len)? > mem_bytes() || p == 0 {
+        return None;
+    }
+    Some(p as *mut u8)
+}
+
+/// A Vec of `n` copies of `v`, refusing (ERR_OOM) if it would push memory past the budget.
+fn try_vec<T: Clone>(n: usize, v: T, budget: usize) -> Res<Vec<T>> {
+    let bytes = n.checked_mul(core::mem::size_of::<T>()).ok_or(ERR_OOM)?;
+    let projected = unsafe { HEAP_BASE + ACCOUNTED } + bytes + SLACK;
+    if projected > budget {
+        return Err(ERR_OOM);
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| ERR_OOM)?;
+    out.resize(n, v);
+    unsafe { ACCOUNTED += bytes };
+    mem_bytes();
+    Ok(out)
+}
+
+/// Give back what `try_vec` accounted for.
+fn release<T>(v: &mut Vec<T>) {
+    let bytes = v.capacity() * core::mem::size_of::<T>();
+    unsafe { ACCOUNTED = ACCOUNTED.saturating_sub(bytes) };
+    *v = Vec::new();
+}
+
+pub fn alloc(size: i32) -> i32 {
+    if size < 0 {
+        return 0;
+    }
+    let layout = match Layout::from_size_align((size as usize).max(1), 8) {
+        Ok(l) => l,
+        Err(_) => return 0,
+    };
+    let p = unsafe { sys_alloc(layout) };
+    mem_bytes();
+    p as usize as i32
+}
+
+pub fn free(ptr: i32, size: i32) {
+    if ptr == 0 || size < 0 {
+        return;
+    }
+    if let Ok(layout) = Layout::from_size_align((size as usize).max(1), 8) {
+        unsafe { dealloc(ptr as u32 as usize as *mut u8, layout) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config.
+
+/// `ModelConfigABI` decoded (fields as `realm.config.ModelConfig`).
+#[derive(Clone, Copy)]
+struct Config {
+    dim: usize,
+    hidden_dim: usize,
+    n_layers: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    vocab_size: usize,
+    rope_theta: f32,
+    rope_theta_local: f32,
+    rope_freq_scale: f32,
+    rope_dim: usize,
+    rope_style: u32,
+    norm_eps: f32,
+    embed_scale: f32,
+    attn_scale: f32,
+    activation: u32,
+    sliding_window: usize,
+    sliding_window_pattern: usize,
+    qk_norm: bool,
+    post_norms: bool,
+    tied_output: bool,
+    final_logit_softcap: f32,
+}
+
+impl Config {
+    fn parse(b: &[u8; CONFIG_BYTES]) -> Res<Config> {
+        use config_word as w;
+        let u = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+        let f = |i: usize| f32::from_bits(u(i));
+        if u(w::ABI_VERSION) != ABI_VERSION {
+            return Err(ERR_BAD_CONFIG);
+        }
+        let flags = u(w::FLAGS);
+        let c = Config {
+            dim: u(w::DIM) as usize,
+            hidden_dim: u(w::HIDDEN_DIM) as usize,
+            n_layers: u(w::N_LAYERS) as usize,
+            n_heads: u(w::N_HEADS) as usize,
+            n_kv_heads: u(w::N_KV_HEADS) as usize,
+            head_dim: u(w::HEAD_DIM) as usize,
+            vocab_size: u(w::VOCAB_SIZE) as usize,
+            rope_theta: f(w::ROPE_THETA),
+            rope_theta_local: f(w::ROPE_THETA_LOCAL),
+            rope_freq_scale: f(w::ROPE_FREQ_SCALE),
+            rope_dim: u(w::ROPE_DIM) as usize,
+            rope_style: u(w::ROPE_STYLE),
+            norm_eps: f(w::NORM_EPS),
+            embed_scale: f(w::EMBED_SCALE),
+            attn_scale: f(w::ATTN_SCALE),
+            activation: u(w::ACTIVATION),
+            sliding_window: u(w::SLIDING_WINDOW) as usize,
+            sliding_window_pattern: u(w::SLIDING_WINDOW_PATTERN) as usize,
+            qk_norm: flags & FLAG_QK_NORM != 0,
+            post_norms: flags & FLAG_POST_NORMS != 0,
+            tied_output: flags & FLAG_TIED_OUTPUT != 0,
+            final_logit_softcap: f(w::FINAL_LOGIT_SOFTCAP),
+        };
+        let dims_ok = c.dim > 0
+            && c.hidden_dim > 0
+            && c.n_layers > 0
+            && c.n_heads > 0
+            && c.n_kv_heads > 0
+            && c.n_heads % c.n_kv_heads == 0
+            && c.head_dim > 0
+            && c.head_dim % 2 == 0
+            && c.vocab_size > 0
+            && c.rope_dim > 0
+            && c.rope_dim % 2 == 0
+            && c.rope_dim <= c.head_dim
+            && c.dim <= 1 << 20
+            && c.hidden_dim <= 1 << 20
+            && c.n_layers <= 4096
+            && c.n_heads * c.head_dim <= 1 << 20
+            && c.vocab_size <= 1 << 24;
+        let floats_ok = [c.rope_theta, c.rope_theta_local, c.rope_freq_scale, c.norm_eps, c.embed_scale, c.attn_scale]
+            .iter()
+            .all(|v| v.is_finite() && *v > 0.0)
+            && c.final_logit_softcap.is_finite()
+            && c.final_logit_softcap >= 0.0;
+        let enums_ok = c.rope_style <= ROPE_NEOX && c.activation <= ACT_GELU_TANH;
+        if !(dims_ok && floats_ok && enums_ok) {
+            return Err(ERR_BAD_CONFIG);
+        }
+        Ok(c)
+    }
+
+    fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    fn layer_is_sliding(&self, il: usize) -> bool {
+        let p = self.sliding_window_pattern;
+        self.sliding_window > 0 && p > 0 && il % p != p - 1
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights: matrices resident in the cache or streamed through the chunk buffer.
+
+#[derive(Clone, Copy)]
+struct Matrix {
+    handle: i32,
+    ggml_type: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    n_bytes: usize,
+    slot: Option<usize>, // index into Weights::cache when resident
+}
+
+struct Slot {
+    data: Vec<u8>, // (rows, row_bytes) raw quantized bytes
+    loaded: bool,
+}
+
+struct Weights {
+    model_id: i64,
+    budget: usize,
+    cache: Vec<Slot>,
+    chunk: Vec<u8>, // streaming buffer, a whole number of rows of any matrix
+}
+
+/// Copy `out.len()` bytes of a tensor starting at `offset` (in <= MAX_READ pieces).
+fn fetch(model_id: i64, handle: i32, offset: usize, out: &mut [u8]) -> Res<()> {
+    let mut done = 0;
+    while done < out.len() {
+        let n = (out.len() - done).min(MAX_READ);
+        let s = stats();
+        s.host_calls += 1;
+        let rc = host::read_tensor(model_id, handle, (offset + done) as u64, &mut out[done..done + n]);
+        if rc < 0 {
+            return Err(rc);
+        }
+        if rc as usize != n {
+            return Err(ERR_INTERNAL);
+        }
+        s.bytes_fetched += n as u64;
+        done += n;
+    }
+    Ok(())
+}
+
+impl Weights {
+    /// out[t * out_stride + r] = m[r] · x[t] for t < nt (x is (nt, m.cols)).
+    fn matmul(&mut self, m: &Matrix, x: &[f32], nt: usize, out: &mut [f32], out_stride: usize, tmp: &mut [f32]) -> Res<()> {
+        if let Some(s) = m.slot {
+            let slot = &mut self.cache[s];
+            if !slot.loaded {
+                stats().cache_misses += 1;
+                fetch(self.model_id, m.handle, 0, &mut slot.data)?;
+                slot.loaded = true;
+                stats().cache_bytes += m.n_bytes as u64;
+            } else {
+                stats().cache_hits += 1;
+            }
+            kernels::matmul(m.ggml_type, &slot.data, m.rows, m.cols, x, nt, out, out_stride, tmp);
+            return Ok(());
+        }
+        stats().cache_misses += 1;
+        let rows_per_chunk = (self.chunk.len() / m.row_bytes).max(1);
+        let mut r0 = 0;
+        while r0 < m.rows {
+            let n = rows_per_chunk.min(m.rows - r0);
+            let buf = &mut self.chunk[..n * m.row_bytes];
+            fetch(self.model_id, m.handle, r0 * m.row_bytes, buf)?;
+            kernels::matmul(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r0..], out_stride, tmp);
+            r0 += n;
+        }
+        Ok(())
+    }
+
+    /// The loaded resident bytes of `m`, if any.
+    fn resident(&self, m: &Matrix) -> Option<&[u8]> {
+        let slot = &self.cache[m.slot?];
+        if slot.loaded {
+            Some(&slot.data)
+        } else {
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers, activations, engine.
+
+struct Layer {
+    attn_norm: Vec<f32>,           // (dim,)
+    attn_q_norm: Vec<f32>,         // (head_dim,) or empty
+    attn_k_norm: Vec<f32>,         // (head_dim,) or empty
+    post_attention_norm: Vec<f32>, // (dim,) or empty
+    ffn_norm: Vec<f32>,            // (dim,)
+    post_ffw_norm: Vec<f32>,       // (dim,) or empty
+    attn_q: Matrix,                // (q_dim, dim)
+    attn_k: Matrix,                // (kv_dim, dim)
+    attn_v: Matrix,                // (kv_dim, dim)
+    attn_output: Matrix,           // (dim, q_dim)
+    ffn_gate: Matrix,              // (hidden_dim, dim)
+    ffn_up: Matrix,                // (hidden_dim, dim)
+    ffn_down: Matrix,              // (dim, hidden_dim)
+    key_cache: Vec<u16>,           // (kv_cap, kv_dim) f16, position p in slot p % kv_cap
+    value_cache: Vec<u16>,         // (kv_cap, kv_dim) f16
+    kv_cap: usize,                 // n_ctx, or the sliding window on sliding layers
+    sliding: bool,
+}
+
+struct Acts {
+    x: Vec<f32>,      // (n_batch, dim) residual stream
+    xb: Vec<f32>,     // (n_batch, dim)
+    xb2: Vec<f32>,    // (n_batch, q_dim) attention output
+    q: Vec<f32>,      // (n_batch, q_dim)
+    k: Vec<f32>,      // (n_batch, kv_dim)
+    v: Vec<f32>,      // (n_batch, kv_dim)
+    hb: Vec<f32>,     // (n_batch, hidden_dim)
+    hb2: Vec<f32>,    // (n_batch, hidden_dim)
+    att: Vec<f32>,    // (n_ctx,) scores of one head
+    tmp: Vec<f32>,    // (max cols,) a dequantized row
+    rope: Vec<f32>,   // (2, n_batch, rope_dim / 2, 2) cos, sin for global (0) and local (1) layers
+    embd: Vec<u8>,    // (n_batch, token_embd row_bytes)
+    reqs: Vec<ReadReq>, // (n_batch,)
+}
+
+struct Engine {
+    cfg: Config,
+    n_ctx: usize,
+    n_batch: usize,
+    w: Weights,
+    layers: Vec<Layer>,
+    token_embd: Matrix, // (vocab_size, dim)
+    output: Matrix,     // (vocab_size, dim); token_embd when tied
+    output_norm: Vec<f32>, // (dim,)
+    a: Acts,
+    logits: Vec<f32>,     // (vocab_size,) last position
+    all_logits: Vec<f32>, // (n_tokens, vocab_size) when asked for every position
+    use_all: bool,
+    have_logits: bool,
+    history: Vec<i32>, // (n_ctx,) tokens evaluated so far
+    n_past: usize,
+    sample_x: Vec<f32>,  // (vocab_size,) sampler scratch
+    sample_cand: Vec<u32>, // (vocab_size,)
+    sample_seen: Vec<i32>, // (n_ctx,)
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        unsafe { ACCOUNTED = 0 };
+    }
+}
+
+fn lookup(model_id: i64, name: &str) -> Res<(i32, TensorInfo)> {
+    stats().host_calls += 1;
+    host::tensor_info(model_id, name)
+}
+
+/// Look up a matrix and check it is (rows, cols) of a supported type.
+fn matrix(model_id: i64, name: &str, rows: usize, cols: usize) -> Res<Matrix> {
+    let (handle, info) = lookup(model_id, name)?;
+    let t = GgmlType::from_u32(info.ggml_type).ok_or(ERR_UNSUPPORTED)?;
+    let dims_ok = info.n_dims == 2 && info.ne[0] == cols as u64 && info.ne[1] == rows as u64 && info.ne[2] == 1 && info.ne[3] == 1;
+    if !dims_ok {
+        host::log(3, &format!("tensor {} has the wrong shape", name));
+        return Err(ERR_BAD_CONFIG);
+    }
+    let row_bytes = t.row_bytes(cols).ok_or(ERR_BAD_CONFIG)?;
+    let n_bytes = row_bytes.checked_mul(rows).ok_or(ERR_BAD_CONFIG)?;
+    if info.n_bytes != n_bytes as u64 {
+        return Err(ERR_BAD_CONFIG);
+    }
+    Ok(Matrix { handle, ggml_type: t, rows, cols, row_bytes, n_bytes, slot: None })
+}
+
+/// Fetch a 1-D weight of `n` elements, dequantized by the host.
+fn vector(model_id: i64, name: &str, n: usize, budget: usize) -> Res<Vec<f32>> {
+    let (_, info) = lookup(model_id, name)?;
+    let n_elements = info.ne.iter().product::<u64>();
+    if n_elements != n as u64 || info.ne[0] != n as u64 {
+        host::log(3, &format!("tensor {} has the wrong shape", name));
+        return Err(ERR_BAD_CONFIG);
+    }
+    let mut out = try_vec(n, 0f32, budget)?;
+    let s = stats();
+    s.host_calls += 1;
+    let rc = host::get_tensor(model_id, name, &mut out);
+    if rc < 0 {
+        return Err(rc);
+    }
+    if rc as usize != 4 * n {
+        return Err(ERR_INTERNAL);
+    }
+    s.bytes_fetched += rc as u64;
+    Ok(out)
+}
+
+fn optional_vector(want: bool, model_id: i64, name: &str, n: usize, budget: usize) -> Res<Vec<f32>> {
+    if want {
+        vector(model_id, name, n, budget)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+impl Engine {
+    fn new(model_id: i64, n_ctx: usize, budget: usize) -> Res<Engine> {
+        let mut raw = [0u8; CONFIG_BYTES];
+        stats().host_calls += 1;
+        let rc = host::get_config(model_id, &mut raw);
+        if rc < 0 {
+            return Err(rc);
+        }
+        if rc as usize != CONFIG_BYTES {
+            return Err(ERR_BAD_CONFIG);
+        }
+        let cfg = Config::parse(&raw)?;
+        stats().host_calls += 1;
+        let (n_tensors, total) = host::get_model_info(model_id)?;
+        host::log(0, &format!("realm guest: model {} tensors, {} bytes; n_ctx {}, budget {}", n_tensors, total, n_ctx, budget));
+        let (dim, hidden, q_dim, kv_dim, vocab) = (cfg.dim, cfg.hidden_dim, cfg.q_dim(), cfg.kv_dim(), cfg.vocab_size);
+
+        // tensors
+        let token_embd = matrix(model_id, "token_embd.weight", vocab, dim)?;
+        let output = if cfg.tied_output { token_embd } else { matrix(model_id, "output.weight", vocab, dim)? };
+        let output_norm = vector(model_id, "output_norm.weight", dim, budget)?;
+        let mut layers = Vec::new();
+        layers.try_reserve_exact(cfg.n_layers).map_err(|_| ERR_OOM)?;
+        for il in 0..cfg.n_layers {
+            let name = |s: &str| format!("blk.{}.{}.weight", il, s);
+            let sliding = cfg.layer_is_sliding(il);
+            let kv_cap = if sliding { n_ctx.min(cfg.sliding_window) } else { n_ctx };
+            layers.push(Layer {
+                attn_norm: vector(model_id, &name("attn_norm"), dim, budget)?,
+                attn_q_norm: optional_vector(cfg.qk_norm, model_id, &name("attn_q_norm"), cfg.head_dim, budget)?,
+                attn_k_norm: optional_vector(cfg.qk_norm, model_id, &name("attn_k_norm"), cfg.head_dim, budget)?,
+                post_attention_norm: optional_vector(cfg.post_norms, model_id, &name("post_attention_norm"), dim, budget)?,
+                ffn_norm: vector(model_id, &name("ffn_norm"), dim, budget)?,
+                post_ffw_norm: optional_vector(cfg.post_norms, model_id, &name("post_ffw_norm"), dim, budget)?,
+                attn_q: matrix(model_id, &name("attn_q"), q_dim, dim)?,
+                attn_k: matrix(model_id, &name("attn_k"), kv_dim, dim)?,
+                attn_v: matrix(model_id, &name("attn_v"), kv_dim, dim)?,
+                attn_output: matrix(model_id, &name("attn_output"), dim, q_dim)?,
+                ffn_gate: matrix(model_id, &name("ffn_gate"), hidden, dim)?,
+                ffn_up: matrix(model_id, &name("ffn_up"), hidden, dim)?,
+                ffn_down: matrix(model_id, &name("ffn_down"), dim, hidden)?,
+                key_cache: try_vec(kv_cap * kv_dim, 0u16, budget)?,
+                value_cache: try_vec(kv_cap * kv_dim, 0u16, budget)?,
+                kv_cap,
+                sliding,
+            });
+        }
+
+        // activations for n_batch tokens: at most 1/8 of the budget
+        let per_token = 4 * (2 * dim + 2 * q_dim + 2 * kv_dim + 2 * hidden + cfg.rope_dim * 2) + token_embd.row_bytes + 24;
+        let n_batch = (budget / 8 / per_token).clamp(1, MAX_BATCH).min(n_ctx);
+        let max_cols = dim.max(hidden).max(q_dim);
+        let a = Acts {
+            x: try_vec(n_batch * dim, 0f32, budget)?,
+            xb: try_vec(n_batch * dim, 0f32, budget)?,
+            xb2: try_vec(n_batch * q_dim, 0f32, budget)?,
+            q: try_vec(n_batch * q_dim, 0f32, budget)?,
+            k: try_vec(n_batch * kv_dim, 0f32, budget)?,
+            v: try_vec(n_batch * kv_dim, 0f32, budget)?,
+            hb: try_vec(n_batch * hidden, 0f32, budget)?,
+            hb2: try_vec(n_batch * hidden, 0f32, budget)?,
+            att: try_vec(n_ctx, 0f32, budget)?,
+            tmp: try_vec(max_cols, 0f32, budget)?,
+            rope: try_vec(2 * n_batch * cfg.rope_dim, 0f32, budget)?,
+            embd: try_vec(n_batch * token_embd.row_bytes, 0u8, budget)?,
+            reqs: try_vec(n_batch, ReadReq::default(), budget)?,
+        };
+        let logits = try_vec(vocab, 0f32, budget)?;
+        let history = try_vec(n_ctx, 0i32, budget)?;
+        let sample_x = try_vec(vocab, 0f32, budget)?;
+        let sample_cand = try_vec(vocab, 0u32, budget)?;
+        let sample_seen = try_vec(n_ctx, 0i32, budget)?;
+
+        // streaming chunk: a whole number of rows of every matrix
+        let mut max_row = output.row_bytes;
+        for l in &layers {
+            for m in [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
+                max_row = max_row.max(m.row_bytes);
+            }
+        }
+        let chunk_len = (budget / 32).clamp(MIN_CHUNK, MAX_CHUNK).max(max_row);
+        let chunk = try_vec(chunk_len, 0u8, budget)?;
+
+        let mut e = Engine {
+            cfg,
+            n_ctx,
+            n_batch,
+            w: Weights { model_id, budget, cache: Vec::new(), chunk },
+            layers,
+            token_embd,
+            output,
+            output_norm,
+            a,
+            logits,
+            all_logits: Vec::new(),
+            use_all: false,
+            have_logits: false,
+            history,
+            n_past: 0,
+            sample_x,
+            sample_cand,
+            sample_seen,
+        };
+        e.plan_cache();
+        Ok(e)
+    }
+
+    /// Pin matrices in access order while they fit the rest of the budget.
+    fn plan_cache(&mut self) {
+        let budget = self.w.budget;
+        let n_slots = self.layers.len() * 7 + 1;
+        if self.w.cache.try_reserve_exact(n_slots).is_err() {
+            return;
+        }
+        let mut plan: Vec<*mut Matrix> = Vec::new();
+        if plan.try_reserve_exact(n_slots).is_err() {
+            return;
+        }
+        for l in self.layers.iter_mut() {
+            for m in [&mut l.attn_q, &mut l.attn_k, &mut l.attn_v, &mut l.attn_output, &mut l.ffn_gate, &mut l.ffn_up, &mut l.ffn_down] {
+                plan.push(m as *mut Matrix);
+            }
+        }
+        plan.push(&mut self.output as *mut Matrix);
+        for mp in plan {
+            let m = unsafe { &mut *mp };
+            if m.n_bytes > i32::MAX as usize {
+                continue;
+            }
+            if let Ok(data) = try_vec(m.n_bytes, 0u8, budget) {
+                m.slot = Some(self.w.cache.len());
+                self.w.cache.push(Slot { data, loaded: false });
+            }
+        }
+        if self.cfg.tied_output {
+            self.token_embd.slot = self.output.slot;
+        }
+    }
+
+    /// (cos, sin) table of `pos` for RoPE base `theta` and position scale `scale` into `cs` (rope_dim/2 pairs).
+    fn rope_table(cfg: &Config, pos: usize, theta: f32, scale: f32, cs: &mut [f32]) {
+        let half = cfg.rope_dim / 2;
+        let p = pos as f64 * scale as f64;
+        for i in 0..half {
+            let inv_freq = (theta as f64).powf(-2.0 * i as f64 / cfg.rope_dim as f64);
+            let angle = p * inv_freq;
+            cs[2 * i] = angle.cos() as f32;
+            cs[2 * i + 1] = angle.sin() as f32;
+        }
+    }
+
+    fn eval(&mut self, tokens: &[i32], all_logits: bool) -> Res<()> {
+        let n = tokens.len();
+        if n == 0 {
+            return Err(ERR_BAD_ARG);
+        }
+        if self.n_past + n > self.n_ctx {
+            return Err(ERR_CONTEXT_FULL);
+        }
+        if tokens.iter().any(|&t| t < 0 || t as usize >= self.cfg.vocab_size) {
+            return Err(ERR_BAD_TOKEN);
+        }
+        let vocab = self.cfg.vocab_size;
+        self.have_logits = false;
+        release(&mut self.all_logits);
+        if all_logits {
+            self.all_logits = try_vec(n.checked_mul(vocab).ok_or(ERR_OOM)?, 0f32, self.w.budget)?;
+        }
+        self.use_all = all_logits;
+        let start = self.n_past;
+        let mut i = 0;
+        while i < n {
+            let nt = self.n_batch.min(n - i);
+            let batch = &tokens[i..i + nt];
+            let last = i + nt == n;
+            if let Err(e) = self.forward(batch, start + i, all_logits, last, i) {
+                // positions already written stay unused: n_past is unchanged
+                self.n_past = start;
+                return Err(e);
+            }
+            i += nt;
+        }
+        self.history[start..start + n].copy_from_slice(tokens);
+        self.n_past = start + n;
+        stats().n_past = self.n_past as u64;
+        self.have_logits = true;
+        Ok(())
+    }
+
+    /// Run `tokens` (at positions pos0..) through every layer; logits of every token into
+    /// all_logits rows from `row0` (all) or of the last token into `logits` (last).
+    fn forward(&mut self, tokens: &[i32], pos0: usize, all: bool, last: bool, row0: usize) -> Res<()> {
+        let cfg = self.cfg;
+        let nt = tokens.len();
+        let (dim, hidden, q_dim, kv_dim, hd) = (cfg.dim, cfg.hidden_dim, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
+        self.embed(tokens)?;
+
+        // RoPE tables for both layer kinds: rope[kind][t] = (cos, sin) pairs
+        let half = cfg.rope_dim / 2;
+        for t in 0..nt {
+            let g = &mut self.a.rope[t * cfg.rope_dim..(t + 1) * cfg.rope_dim];
+            Self::rope_table(&cfg, pos0 + t, cfg.rope_theta, cfg.rope_freq_scale, g);
+            let l = &mut self.a.rope[(nt + t) * cfg.rope_dim..(nt + t + 1) * cfg.rope_dim];
+            Self::rope_table(&cfg, pos0 + t, cfg.rope_theta_local, 1.0, l);
+        }
+
+        for il in 0..cfg.n_layers {
+            let layer = &mut self.layers[il];
+            let a = &mut self.a;
+            let w = &mut self.w;
+            // attention
+            for t in 0..nt {
+                rmsnorm(&mut a.xb[t * dim..(t + 1) * dim], &a.x[t * dim..(t + 1) * dim], &layer.attn_norm, cfg.norm_eps);
+            }
+            w.matmul(&layer.attn_q, &a.xb, nt, &mut a.q, q_dim, &mut a.tmp)?;
+            w.matmul(&layer.attn_k, &a.xb, nt, &mut a.k, kv_dim, &mut a.tmp)?;
+            w.matmul(&layer.attn_v, &a.xb, nt, &mut a.v, kv_dim, &mut a.tmp)?;
+            let kind = if layer.sliding { 1 } else { 0 };
+            for t in 0..nt {
+                let pos = pos0 + t;
+                let q = &mut a.q[t * q_dim..(t + 1) * q_dim];
+                let k = &mut a.k[t * kv_dim..(t + 1) * kv_dim];
+                if cfg.qk_norm {
+                    for h in q.chunks_exact_mut(hd) {
+                        rmsnorm_inplace(h, &layer.attn_q_norm, cfg.norm_eps);
+                    }
+                    for h in k.chunks_exact_mut(hd) {
+                        rmsnorm_inplace(h, &layer.attn_k_norm, cfg.norm_eps);
+                    }
+                }
+                let cs = &a.rope[(kind * nt + t) * cfg.rope_dim..(kind * nt + t + 1) * cfg.rope_dim];
+                for h in q.chunks_exact_mut(hd) {
+                    rope(h, cs, half, cfg.rope_style);
+                }
+                for h in k.chunks_exact_mut(hd) {
+                    rope(h, cs, half, cfg.rope_style);
+                }
+                // append k, v at slot pos % kv_cap, then attend: keys are written in order, so a
+                // sliding layer's ring holds exactly the visible window of this query
+                let slot = pos % layer.kv_cap;
+                for (dst, src) in layer.key_cache[slot * kv_dim..(slot + 1) * kv_dim].iter_mut().zip(k.iter()) {
+                    *dst = f32_to_f16(*src);
+                }
+                let v = &a.v[t * kv_dim..(t + 1) * kv_dim];
+                for (dst, src) in layer.value_cache[slot * kv_dim..(slot + 1) * kv_dim].iter_mut().zip(v.iter()) {
+                    *dst = f32_to_f16(*src);
+                }
+                let lo = if layer.sliding { (pos + 1).saturating_sub(cfg.sliding_window) } else { 0 };
+                let out = &mut a.xb2[t * q_dim..(t + 1) * q_dim];
+                attention(&cfg, layer, q, out, &mut a.att, lo, pos);
+            }
+            w.matmul(&layer.attn_output, &a.xb2, nt, &mut a.xb, dim, &mut a.tmp)?;
+            for t in 0..nt {
+                let xb = &mut a.xb[t * dim..(t + 1) * dim];
+                if cfg.post_norms {
+                    rmsnorm_inplace(xb, &layer.post_attention_norm, cfg.norm_eps);
+                }
+                for (x, y) in a.x[t * dim..(t + 1) * dim].iter_mut().zip(xb.iter()) {
+                    *x += *y;
+                }
+            }
+            // feed-forward
+            for t in 0..nt {
+                rmsnorm(&mut a.xb[t * dim..(t + 1) * dim], &a.x[t * dim..(t + 1) * dim], &layer.ffn_norm, cfg.norm_eps);
+            }
+            w.matmul(&layer.ffn_gate, &a.xb, nt, &mut a.hb, hidden, &mut a.tmp)?;
+            w.matmul(&layer.ffn_up, &a.xb, nt, &mut a.hb2, hidden, &mut a.tmp)?;
+            for (g, u) in a.hb[..nt * hidden].iter_mut().zip(a.hb2.iter()) {
+                *g = activation(cfg.activation, *g) * *u;
+            }
+            w.matmul(&layer.ffn_down, &a.hb, nt, &mut a.xb, dim, &mut a.tmp)?;
+            for t in 0..nt {
+                let xb = &mut a.xb[t * dim..(t + 1) * dim];
+                if cfg.post_norms {
+                    rmsnorm_inplace(xb, &layer.post_ffw_norm, cfg.norm_eps);
+                }
+                for (x, y) in a.x[t * dim..(t + 1) * dim].iter_mut().zip(xb.iter()) {
+                    *x += *y;
+                }
+            }
+        }
+
+        // logits
+        if all {
+            for t in 0..nt {
+                rmsnorm(&mut self.a.xb[t * dim..(t + 1) * dim], &self.a.x[t * dim..(t + 1) * dim], &self.output_norm, cfg.norm_eps);
+            }
+            let vocab = cfg.vocab_size;
+            let out = &mut self.all_logits[row0 * vocab..(row0 + nt) * vocab];
+            self.w.matmul(&self.output, &self.a.xb, nt, out, vocab, &mut self.a.tmp)?;
+            softcap(out, cfg.final_logit_softcap);
+        } else if last {
+            let t = nt - 1;
+            rmsnorm(&mut self.a.xb[..dim], &self.a.x[t * dim..(t + 1) * dim], &self.output_norm, cfg.norm_eps);
+            self.w.matmul(&self.output, &self.a.xb[..dim], 1, &mut self.logits, cfg.vocab_size, &mut self.a.tmp)?;
+            softcap(&mut self.logits, cfg.final_logit_softcap);
+        }
+        Ok(())
+    }
+
+    /// x[t] = token_embd[tokens[t]] * embed_scale: one batched host read of the rows.
+    fn embed(&mut self, tokens: &[i32]) -> Res<()> {
+        let m = self.token_embd;
+        let dim = self.cfg.dim;
+        let nt = tokens.len();
+        let rb = m.row_bytes;
+        if let Some(data) = self.w.resident(&m) {
+            stats().cache_hits += 1;
+            for (t, &tok) in tokens.iter().enumerate() {
+                let row = &data[tok as usize * rb..(tok as usize + 1) * rb];
+                kernels::dequantize(m.ggml_type, row, &mut self.a.x[t * dim..(t + 1) * dim]);
+            }
+        } else {
+            let base = self.a.embd.as_ptr() as usize;
+            for (t, &tok) in tokens.iter().enumerate() {
+                self.a.reqs[t] = ReadReq {
+                    handle: m.handle,
+                    out_ptr: (base + t * rb) as i32,
+                    offset: (tok as usize * rb) as i64,
+                    len: rb as i32,
+                    reserved: 0,
+                };
+            }
+            let s = stats();
+            s.host_calls += 1;
+            let rc = host::read_tensors(self.w.model_id, &self.a.reqs[..nt]);
+            if rc < 0 {
+                return Err(rc);
+            }
+            if rc as usize != nt * rb {
+                return Err(ERR_INTERNAL);
+            }
+            s.bytes_fetched += rc as u64;
+            for t in 0..nt {
+                kernels::dequantize(m.ggml_type, &self.a.embd[t * rb..(t + 1) * rb], &mut self.a.x[t * dim..(t + 1) * dim]);
+            }
+        }
+        let scale = self.cfg.embed_scale;
+        for v in self.a.x[..nt * dim].iter_mut() {
+            *v *= scale;
+        }
+        Ok(())
+    }
+
+    fn last_logits(&self) -> &[f32] {
+        let vocab = self.cfg.vocab_size;
+        if self.use_all {
+            let n = self.all_logits.len() / vocab;
+            &self.all_logits[(n - 1) * vocab..]
+        } else {
+            &self.logits
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward-pass pieces.
+
+/// out = x / sqrt(mean(x^2) + eps) * w
+fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    for ((o, v), g) in out.iter_mut().zip(x.iter()).zip(w.iter()) {
+        *o = *v * scale * *g;
+    }
+}
+
+fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
+    let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+    let scale = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
+    for (v, g) in x.iter_mut().zip(w.iter()) {
+        *v = *v * scale * *g;
+    }
+}
+
+/// Rotate the first rope_dim dims of one head: NORM pairs (2i, 2i+1), NEOX pairs (i, i + half).
+fn rope(h: &mut [f32], cs: &[f32], half: usize, style: u32) {
+    for i in 0..half {
+        let (c, s) = (cs[2 * i], cs[2 * i + 1]);
+        let (a, b) = if style == ROPE_NEOX { (i, i + half) } else { (2 * i, 2 * i + 1) };
+        let (x0, x1) = (h[a], h[b]);
+        h[a] = x0 * c - x1 * s;
+        h[b] = x0 * s + x1 * c;
+    }
+}
+
+fn activation(kind: u32, x: f32) -> f32 {
+    if kind == ACT_GELU_TANH {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+    } else {
+        x / (1.0 + (-x).exp())
+    }
+}
+
+fn softcap(logits: &mut [f32], c: f32) {
+    if c > 0.0 {
+        for v in logits.iter_mut() {
+            *v = c * (*v / c).tanh();
+        }
+    }
+}
+
+fn as_bytes(v: &[u16]) -> &[u8] {
+    unsafe { core::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 2) }
+}
+
+/// Causal attention of one query token over key positions lo..=pos (all heads) -> out (q_dim).
+fn attention(cfg: &Config, layer: &Layer, q: &[f32], out: &mut [f32], att: &mut [f32], lo: usize, pos: usize) {
+    let hd = cfg.head_dim;
+    let kv_dim = cfg.kv_dim();
+    let group = cfg.n_heads / cfg.n_kv_heads;
+    let n = pos + 1 - lo;
+    for h in 0..cfg.n_heads {
+        let kvh = h / group;
+        let qh = &q[h * hd..(h + 1) * hd];
+        let scores = &mut att[..n];
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            let slot = (lo + j) % layer.kv_cap;
+            let k = &layer.key_cache[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
+            *s = kernels::dot_f16_simd(as_bytes(k), qh) * cfg.attn_scale;
+            if *s > max {
+                max = *s;
+            }
+        }
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        let oh = &mut out[h * hd..(h + 1) * hd];
+        oh.iter_mut().for_each(|v| *v = 0.0);
+        for (j, s) in scores.iter().enumerate() {
+            let slot = (lo + j) % layer.kv_cap;
+            let v = &layer.value_cache[slot * kv_dim + kvh * hd..slot * kv_dim + (kvh + 1) * hd];
+            kernels::axpy_f16_simd(oh, *s * inv, as_bytes(v));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exports (called from lib.rs).
+
+fn engine() -> Res<&'static mut Engine> {
+    unsafe { ENGINE.as_deref_mut().ok_or(ERR_NOT_INIT) }
+}
+
+fn code(r: Res<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e,
+    }
+}
+
+pub fn init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
+    if model_id <= 0 || n_ctx <= 0 || budget == 0 {
+        return ERR_BAD_ARG;
+    }
+    unsafe {
+        ENGINE = None;
+        ACCOUNTED = 0;
+        if HEAP_BASE == 0 {
+            HEAP_BASE = mem_bytes();
+        }
+        STATS = GuestStats { peak_memory: STATS.peak_memory, ..GuestStats::default() };
+    }
+    let budget = budget as u32 as usize;
+    match Engine::new(model_id, n_ctx as usize, budget) {
+        Ok(e) => {
+            unsafe { ENGINE = Some(Box::new(e)) }; // the struct is small; its buffers are allocated
+            mem_bytes();
+            0
+        }
+        Err(c) => {
+            unsafe { ACCOUNTED = 0 };
+            c
+        }
+    }
+}
+
+pub fn eval(tokens_ptr: i32, n_tokens: i32, all_logits: i32) -> i32 {
+    let e = match engine() {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    if n_tokens <= 0 || tokens_ptr as u32 % 4 != 0 {
+        return ERR_BAD_ARG;
+    }
+    let n = n_tokens as usize;
+    let p = match mem_range(tokens_ptr, n * 4) {
+        Some(p) => p,
+        None => return ERR_BOUNDS,
+    };
+    let tokens = unsafe { core::slice::from_raw_parts(p as *const i32, n) };
+    let r = code(e.eval(tokens, all_logits != 0));
+    mem_bytes();
+    r
+}
+
+pub fn logits_ptr() -> i32 {
+    match engine() {
+        Ok(e) if e.use_all => e.all_logits.as_ptr() as usize as i32,
+        Ok(e) => e.logits.as_ptr() as usize as i32,
+        Err(_) => 0,
+    }
+}
+
+pub fn sample(params_ptr: i32) -> i32 {
+    let e = match engine() {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    let p = match mem_range(params_ptr, core::mem::size_of::<SampleParams>()) {
+        Some(p) => p,
+        None => return ERR_BOUNDS,
+    };
+    if !e.have_logits {
+        return ERR_NOT_INIT;
+    }
+    let mut params: SampleParams = unsafe { core::ptr::read_unaligned(p as *const SampleParams) };
+    let n_past = e.n_past;
+    let logits: &[f32] = unsafe { &*(e.last_logits() as *const [f32]) };
+    let (tok, state) = sample::sample(logits, &e.history[..n_past], &params, &mut e.sample_x, &mut e.sample_cand, &mut e.sample_seen);
+    params.rng_state_out = state;
+    unsafe { core::ptr::write_unaligned(p as *mut SampleParams, params) };
+    tok
+}
+
+pub fn reset() -> i32 {
+    match engine() {
+        Ok(e) => {
+            e.n_past = 0;
+            e.have_logits = false;
+            stats().n_past = 0;
+            0
+        }
+        Err(c) => c,
+    }
+}
+
+pub fn stats_export(out_ptr: i32) -> i32 {
+    let p = match mem_range(out_ptr, core::mem::size_of::<GuestStats>()) {
+        Some(p) => p,
+        None => return ERR_BOUNDS,
+    };
+    mem_bytes();
+    unsafe { core::ptr::write_unaligned(p as *mut GuestStats, STATS) };
+    0
+}
+
+pub fn debug_dequant(ggml_type: i32, src_ptr: i32, n_blocks: i32, dst_ptr: i32) -> i32 {
+    let t = match GgmlType::from_u32(ggml_type as u32) {
+        Some(t) if ggml_type >= 0 => t,
+        _ => return ERR_UNSUPPORTED,
+    };
+    if n_blocks < 0 || dst_ptr as u32 % 4 != 0 {
+        return ERR_BAD_ARG;
+    }
+    let (bs, ts) = t.block_size_and_bytes();
+    let n = n_blocks as usize;
+    let (src, dst) = match (mem_range(src_ptr, n * ts), mem_range(dst_ptr, n * bs * 4)) {
+        (Some(s), Some(d)) => (s, d),
+        _ => return ERR_BOUNDS,
+    };
+    let src = unsafe { core::slice::from_raw_parts(src as *const u8, n * ts) };
+    let dst = unsafe { core::slice::from_raw_parts_mut(dst as *mut f32, n * bs) };
+    kernels::dequantize(t, src, dst);
+    0
+}
+
+pub fn debug_matvec(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32, out_ptr: i32, simd: i32) -> i32 {
+    let t = match GgmlType::from_u32(ggml_type as u32) {
+        Some(t) if ggml_type >= 0 => t,
+        _ => return ERR_UNSUPPORTED,
+    };
+    if rows < 0 || cols < 0 || x_ptr as u32 % 4 != 0 || out_ptr as u32 % 4 != 0 {
+        return ERR_BAD_ARG;
+    }
+    let (rows, cols) = (rows as usize, cols as usize);
+    let rb = match t.row_bytes(cols) {
+        Some(rb) => rb,
+        None => return ERR_BAD_ARG,
+    };
+    let (w, x, out) = match (mem_range(w_ptr, rows * rb), mem_range(x_ptr, cols * 4), mem_range(out_ptr, rows * 4)) {
+        (Some(w), Some(x), Some(o)) => (w, x, o),
+        _ => return ERR_BOUNDS,
+    };
+    let w = unsafe { core::slice::from_raw_parts(w as *const u8, rows * rb) };
+    let x = unsafe { core::slice::from_raw_parts(x as *const f32, cols) };
+    let out = unsafe { core::slice::from_raw_parts_mut(out as *mut f32, rows) };
+    for r in 0..rows {
+        out[r] = kernels::dot(t, &w[r * rb..(r + 1) * rb], x, simd != 0);
+    }
+    0
+}
