@@ -126,8 +126,9 @@ _C_SPACE = " \t\n\v\f\r"  # C isspace() in the "C" locale, used by LSTRIP/RSTRIP
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-# SPM defaults when the metadata has no id (llama.cpp, tokenizer model "llama").
+# Defaults when the metadata has no id (llama.cpp, tokenizer models "llama" and "gpt2").
 _SPM_DEFAULT_IDS = {"bos": 1, "eos": 2, "unk": 0}
+_BPE_DEFAULT_IDS = {"bos": 11, "eos": 11, "unk": None}
 
 
 def _is_int(v: Any) -> bool:
@@ -197,14 +198,13 @@ class Tokenizer:
             raise TokenizerError(f"missing {KEYS['model']}")
         if not isinstance(model, str):
             raise TokenizerError(f"{KEYS['model']} must be a string, got {type(model).__name__}")
-        if model == "gpt2":
-            raise UnsupportedError(
-                f"{KEYS['model']} = 'gpt2' (byte-level BPE, pre-tokenizer {md.get(KEYS['pre'])!r}) is not "
-                "supported yet; realm implements the SentencePiece ('llama') tokenizer"
-            )
-        if model != "llama":
+        if model == "llama":
+            self.kind = "spm"
+        elif model == "gpt2":
+            self.kind = "bpe"
+            self._bpe = _BPE.from_metadata(md)  # checks the pre-tokenizer before the costly vocabulary work
+        else:
             raise UnsupportedError(f"unsupported tokenizer model {KEYS['model']} = {model!r}")
-        self.kind = "spm"
         self._load_vocab(md)
         self._load_special(md)
         self._build_partition()
@@ -268,16 +268,17 @@ class Tokenizer:
     def _load_special(self, md: Mapping[str, Any]) -> None:
         n = len(self._tokens)
         ids: dict[str, int | None] = {}
-        for role, default in _SPM_DEFAULT_IDS.items():
+        defaults = _SPM_DEFAULT_IDS if self.kind == "spm" else _BPE_DEFAULT_IDS
+        for role, default in defaults.items():
             given = _get_id(md, KEYS[role], n)
-            ids[role] = given if given is not None else (default if default < n else None)
+            ids[role] = given if given is not None else (default if default is not None and default < n else None)
         self.bos_id: int | None = ids["bos"]
         self.eos_id: int | None = ids["eos"]
         self.unk_id: int | None = ids["unk"]
 
-        self.add_bos = _get_bool(md, KEYS["add_bos"], True)
+        self.add_bos = _get_bool(md, KEYS["add_bos"], True if self.kind == "spm" else self._bpe.add_bos)
         self.add_eos = _get_bool(md, KEYS["add_eos"], False)
-        self.add_space_prefix = _get_bool(md, KEYS["add_space_prefix"], True)
+        self.add_space_prefix = _get_bool(md, KEYS["add_space_prefix"], self.kind == "spm")
         if self.add_bos and self.bos_id is None:
             raise TokenizerError(f"{KEYS['add_bos']} is true, but {KEYS['bos']} is not set")
         if self.add_eos and self.eos_id is None:
@@ -415,7 +416,10 @@ class Tokenizer:
                 continue
             if self.add_space_prefix and prev_special:
                 frag = " " + frag
-            self._spm(frag.replace(" ", SPACE), out)
+            if self.kind == "spm":
+                self._spm(frag.replace(" ", SPACE), out)
+            else:
+                self._bpe.encode(frag, self._token_to_id, out)
             prev_special = False
         if (add_eos or (add_bos and self.add_eos)) and self.eos_id is not None:
             out.append(self.eos_id)
@@ -470,6 +474,8 @@ class Tokenizer:
         vocab, scores = self._token_to_id, self._scores
         sym = list(text)  # symbol texts; a merged-away symbol becomes ""
         n = len(sym)
+        if n == 0:
+            return
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
         prv = list(range(-1, n - 1))
@@ -531,6 +537,8 @@ class Tokenizer:
         if attr & (_ATTR_SPECIAL | ATTR_USER_DEFINED):
             return self._tokens[i].encode("utf-8")
         if attr & ATTR_NORMAL:
+            if self.kind == "bpe":
+                return _bpe_piece(self._tokens[i])
             return self._tokens[i].replace(SPACE, " ").encode("utf-8")
         if attr & ATTR_BYTE:
             m = _BYTE_TOKEN.fullmatch(self._tokens[i])
@@ -561,6 +569,8 @@ class Tokenizer:
                 piece = piece[1:]
             buf += piece
             strip = self.add_space_prefix and bool(attrs[i] & _ATTR_PARTITION)
+        if self.kind == "bpe" and self._bpe.clean_spaces:
+            buf = _clean_spaces(buf)
         return buf.decode("utf-8", errors="replace")
 
 
@@ -592,3 +602,224 @@ class StreamDecoder:
         self._decoder.reset()
         return text
 
+
+
+# -- byte-level BPE (tokenizer model "gpt2") ----------------------------------------------------------------
+#
+# Words come from a pre-tokenizer regex (llama.cpp's unicode_regex_split, src/unicode.cpp at
+# https://github.com/ggml-org/llama.cpp/blob/0c4093cc5bdd0062b017a46017538fffa3ab8d5d/src/unicode.cpp),
+# their UTF-8 bytes are mapped to printable characters (GPT-2's byte encoder), then the pair of adjacent
+# symbols with the lowest merge rank is merged until none is left (ties: leftmost).
+
+def _gpt2_byte_chars() -> list[str]:
+    """byte -> printable character: printable Latin-1 bytes map to themselves, the rest to U+0100.."""
+    keep = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars: list[str] = [""] * 256
+    n = 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + n)
+            n += 1
+    return chars
+
+
+_BYTE_CHARS = _gpt2_byte_chars()
+_BYTE_ENCODE = str.maketrans({chr(b): c for b, c in enumerate(_BYTE_CHARS)})  # latin-1 char -> byte char
+_BYTE_DECODE = {c: b for b, c in enumerate(_BYTE_CHARS)}
+
+# llama.cpp's whitespace set (Unicode White_Space), used for \s in the pre-tokenizer regexes
+_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+
+_PRE_LLAMA3 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\pL\pN]?[\pL]+|[\pN]{1,3}"
+               r"| ?[^\s\pL\pN]+[\r\n]*|[\s]*[\r\n]+|[\s]+(?![^\s])|[\s]+")
+_PRE_QWEN2 = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\pL\pN]?[\pL]+|[\pN]"
+              r"| ?[^\s\pL\pN]+[\r\n]*|[\s]*[\r\n]+|[\s]+(?![^\s])|[\s]+")
+_PRE_GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?[\pL]+| ?[\pN]+| ?[^\s\pL\pN]+|[\s]+(?![^\s])|[\s]+"
+
+# tokenizer.ggml.pre -> (regex, ignore_merges, add_bos default, clean_spaces)
+_PRE_TOKENIZERS = {
+    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"),
+                    ("llama3", True, True, True)),
+    **dict.fromkeys(("dbrx", "smaug-bpe"), ("llama3", False, False, True)),
+    **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo"), ("qwen2", False, False, False)),
+    **dict.fromkeys(("stablelm2", "megrez", "hunyuan"), ("qwen2", False, False, True)),
+    **dict.fromkeys(("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "mpt",
+                     "olmo", "jais", "exaone4"), ("gpt2", False, False, True)),
+}
+
+_UNICODE_CLASSES: dict[str, str] = {}
+
+
+def _unicode_classes() -> dict[str, str]:
+    """Regex class bodies for letters (L*), numbers (N*) and llama.cpp's whitespace; built once (~0.3 s)."""
+    if not _UNICODE_CLASSES:
+        import unicodedata
+
+        everything = "".join(map(chr, range(0xD800))) + "\ud800" * 0x800 + "".join(map(chr, range(0xE000, 0x110000)))
+        first = "".join(map(operator.itemgetter(0), map(unicodedata.category, everything)))
+        major = np.frombuffer(first.encode("ascii"), np.uint8)  # (0x110000,) first letter of each category
+
+        def body(letter: str) -> str:
+            mask = np.concatenate(([False], major == ord(letter), [False]))
+            edges = np.flatnonzero(np.diff(mask.astype(np.int8)))  # starts and ends (exclusive), interleaved
+            return "".join(f"\\U{a:08x}" if a == b - 1 else f"\\U{a:08x}-\\U{b - 1:08x}"
+                           for a, b in zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+        ws = "".join(f"\\U{ord(c):08x}" for c in _WHITESPACE)
+        _UNICODE_CLASSES.update(L=body("L"), N=body("N"), s=ws)
+    return _UNICODE_CLASSES
+
+
+def _compile_pre(pattern: str) -> re.Pattern[str]:
+    cls = _unicode_classes()
+    # every \pL, \pN, \s in the patterns above sits inside [...]: substitute the class bodies
+    return re.compile(pattern.replace(r"\pL", cls["L"]).replace(r"\pN", cls["N"]).replace(r"\s", cls["s"]))
+
+
+_PRE_COMPILED: dict[str, re.Pattern[str]] = {}
+
+
+class _BPE:
+    """Pre-tokenizer regex + merge ranks of a byte-level BPE vocabulary."""
+
+    def __init__(self, pre: str, merges: list[str]):
+        regex_name, self.ignore_merges, self.add_bos, self.clean_spaces = _PRE_TOKENIZERS[pre]
+        if regex_name not in _PRE_COMPILED:
+            src = {"llama3": _PRE_LLAMA3, "qwen2": _PRE_QWEN2, "gpt2": _PRE_GPT2}[regex_name]
+            _PRE_COMPILED[regex_name] = _compile_pre(src)
+        self.regex = _PRE_COMPILED[regex_name]
+        # "left right" -> rank; byte-level symbols never contain a space, so the string is the pair's key
+        self.ranks: dict[str, int] = dict(zip(merges, range(len(merges))))
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_metadata(cls, md: Mapping[str, Any]) -> _BPE:
+        pre = md.get(KEYS["pre"], "default")
+        if not isinstance(pre, str):
+            raise TokenizerError(f"{KEYS['pre']} must be a string for a BPE vocabulary, got {type(pre).__name__}")
+        if pre not in _PRE_TOKENIZERS:
+            raise UnsupportedError(f"unsupported BPE pre-tokenizer {KEYS['pre']} = {pre!r}")
+        merges = md.get(KEYS["merges"])
+        if not isinstance(merges, (list, tuple)):
+            raise TokenizerError(f"{KEYS['merges']} must be an array of strings, got {type(merges).__name__}")
+        try:
+            "".join(merges)
+        except TypeError:
+            raise TokenizerError(f"{KEYS['merges']} must be an array of strings") from None
+        return cls(pre, list(merges))
+
+    def encode(self, text: str, vocab: dict[str, int], out: list[int]) -> None:
+        pos = 0
+        for m in self.regex.finditer(text):
+            if m.start() > pos:  # unmatched gap (cannot happen with the patterns above): its own word
+                self._word(text[pos:m.start()], vocab, out)
+            self._word(m.group(), vocab, out)
+            pos = m.end()
+        if pos < len(text):
+            self._word(text[pos:], vocab, out)
+
+    def _word(self, word: str, vocab: dict[str, int], out: list[int]) -> None:
+        hit = self._cache.get(word)
+        if hit is None:
+            hit = tuple(self._merge(word.encode("utf-8").decode("latin-1").translate(_BYTE_ENCODE), vocab))
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache[word] = hit
+        out.extend(hit)
+
+    def _merge(self, word: str, vocab: dict[str, int]) -> list[int]:
+        if self.ignore_merges and word in vocab:
+            return [vocab[word]]
+        ranks = self.ranks
+        sym = list(word)
+        n = len(sym)
+        if n == 0:
+            return []
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        heap: list[tuple[int, int, int, str]] = []  # (rank, left, right, merged text)
+        for i in range(n - 1):
+            r = ranks.get(sym[i] + " " + sym[i + 1])
+            if r is not None:
+                heap.append((r, i, i + 1, sym[i] + sym[i + 1]))
+        heapq.heapify(heap)
+        while heap:
+            _, left, right, merged = heapq.heappop(heap)
+            ls, rs = sym[left], sym[right]
+            if not ls or not rs or ls + rs != merged:
+                continue
+            sym[left], sym[right] = merged, ""
+            nr = nxt[left] = nxt[right]
+            if nr >= 0:
+                prv[nr] = left
+            pl = prv[left]
+            if pl >= 0:
+                r = ranks.get(sym[pl] + " " + merged)
+                if r is not None:
+                    heapq.heappush(heap, (r, pl, left, sym[pl] + merged))
+            if nr >= 0:
+                r = ranks.get(merged + " " + sym[nr])
+                if r is not None:
+                    heapq.heappush(heap, (r, left, nr, merged + sym[nr]))
+        ids: list[int] = []
+        i = 0
+        while i >= 0:
+            tid = vocab.get(sym[i])
+            if tid is not None:
+                ids.append(tid)
+            else:  # llama.cpp falls back to single-byte tokens and drops what it cannot find
+                ids.extend(vocab[c] for c in sym[i] if c in vocab)
+            i = nxt[i]
+        return ids
+
+
+def _bpe_piece(text: str) -> bytes:
+    """A normal byte-level BPE token's bytes (llama.cpp's llama_decode_text)."""
+    try:
+        return bytes(_BYTE_DECODE[c] for c in text)
+    except KeyError:
+        out = bytearray()
+        for c in text:
+            b = _BYTE_DECODE.get(c)
+            if b is not None:
+                out.append(b)
+            else:
+                out += b"[UNK_BYTE_0x" + c.encode("utf-8").hex().encode() + text.encode("utf-8") + b"]"
+        return bytes(out)
+
+
+def _clean_spaces(buf: bytes | bytearray) -> bytes:
+    """llama.cpp's clean_up_tokenization_spaces passes over the detokenized bytes."""
+    t = list(buf)
+    sp, q = ord(" "), ord("'")
+    if len(t) < 2:
+        return bytes(t)
+    out = [t[0]]  # pass 1: " ?", " !", " .", " ," lose the space
+    for i in range(1, len(t)):
+        if t[i - 1] == sp and t[i] in b"?!.,":
+            out.pop()
+        out.append(t[i])
+    t, out = out, out[:1]  # pass 2: a lone apostrophe between spaces loses both spaces
+    i = 1
+    while i < len(t):
+        x = t[i]
+        if x == q and i + 1 < len(t) and t[i - 1] == sp and t[i + 1] == sp:
+            out.pop()
+            i += 1
+            t[i] = 0
+        out.append(x)
+        i += 1
+    t, out = out, out[:1]  # pass 3: " 's", " 'm", " 're", " 've" lose the space
+    for i in range(1, len(t)):
+        x = t[i]
+        if t[i - 1] == sp and x == q and i + 1 < len(t):
+            x1 = t[i + 1]
+            if x1 in b"sm":
+                out.pop()
+            elif x1 not in b"td" and i + 2 < len(t) and bytes((x1, t[i + 2])) in (b"re", b"ve"):
+                out.pop()
+        out.append(x)
+    return bytes(out)

@@ -22,6 +22,12 @@ def llama(vocab) -> Tokenizer:
 
 
 @pytest.fixture(scope="module")
+def qwen(vocab) -> Tokenizer:
+    with GGUFFile(vocab / "ggml-vocab-qwen2.gguf") as g:
+        return Tokenizer.from_gguf(g)
+
+
+@pytest.fixture(scope="module")
 def gemma(default_model) -> Tokenizer:
     with GGUFFile(default_model) as g:
         return Tokenizer.from_gguf(g)
@@ -59,9 +65,18 @@ def test_default_model_round_trip(gemma, text, add_bos):
     assert gemma.decode(parsed, special=True) == ("<bos>" if add_bos else "") + text
 
 
-def test_huge_inputs(llama, gemma):
-    for text in (" " * 20000, "a" * 20000, "🦙" * 3000, "<" * 5000 + "<s>" * 500, "\n" * 10000):
-        for tok in (llama, gemma):
+@FUZZ
+@given(text=texts | st.text(chars, max_size=100), add_bos=st.booleans())
+def test_qwen2_bpe_round_trip(qwen, text, add_bos):
+    ids = qwen.encode(text, add_bos=add_bos)  # byte-level BPE is lossless, '▁' included
+    assert qwen.decode(ids) == text
+    parsed = qwen.encode(text, special=True)
+    assert qwen.decode(parsed, special=True) == text
+
+
+def test_huge_inputs(llama, gemma, qwen):
+    for text in (" " * 20000, "a" * 20000, "🦙" * 3000, "<" * 5000 + "<s>" * 500, "\n" * 10000, "1" * 9999):
+        for tok in (llama, gemma, qwen):
             assert tok.decode(tok.encode(text)) == text
 
 
@@ -104,7 +119,8 @@ def test_decode_bad_ids_raise_tokenizer_error(llama, ids):
 KEYS = ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
         "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id",
         "tokenizer.ggml.eot_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token",
-        "tokenizer.ggml.add_space_prefix", "general.name", "tokenizer.ggml.fim_pad_token_id"]
+        "tokenizer.ggml.add_space_prefix", "general.name", "tokenizer.ggml.fim_pad_token_id",
+        "tokenizer.ggml.pre", "tokenizer.ggml.merges"]
 
 DELETE = object()
 values = st.one_of(
@@ -115,7 +131,8 @@ values = st.one_of(
     st.floats(),
     st.text(max_size=8),
     st.binary(max_size=8),
-    st.sampled_from(["llama", "gpt2", "bert", "phi3", ""]),
+    st.sampled_from(["llama", "gpt2", "bert", "phi3", "", "qwen2", "llama-bpe", "default"]),
+    st.just(["▁ a", "a a", "<s> a", " x", "", "x"]),
     st.lists(st.text(max_size=4), max_size=8),
     st.lists(st.one_of(st.text(max_size=3), st.integers(), st.floats(), st.none()), max_size=8),
     st.lists(st.integers(-10, 10), max_size=8).map(lambda v: np.asarray(v, np.int32)),

@@ -12,6 +12,7 @@ from realm.gguf import GGUFFile
 from realm.tokenizer import StreamDecoder, Tokenizer, TokenType
 
 SPM_VOCABS = ("llama-spm", "phi-3")
+BPE_VOCABS = ("llama-bpe", "qwen2")
 MARKER = "\n__ggml_vocab_test__\n"
 
 
@@ -32,6 +33,15 @@ def read_vectors(vocab: Path, name: str) -> list[tuple[str, list[int]]]:
 def spm_tokenizers(vocab) -> dict[str, Tokenizer]:
     out = {}
     for name in SPM_VOCABS:
+        with GGUFFile(vocab / f"ggml-vocab-{name}.gguf") as g:
+            out[name] = Tokenizer.from_gguf(g)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizers(vocab) -> dict[str, Tokenizer]:
+    out = {}
+    for name in BPE_VOCABS:
         with GGUFFile(vocab / f"ggml-vocab-{name}.gguf") as g:
             out[name] = Tokenizer.from_gguf(g)
     return out
@@ -72,6 +82,43 @@ def test_vector_stream_decoding_matches_decode(vocab, spm_tokenizers, name):
         pieces = [sd.feed(i) for i in want] + [sd.flush()]
         assert "".join(pieces) == text, repr(text)
         assert all("\ufffd" not in p for p in pieces)
+
+
+@pytest.mark.parametrize("name", BPE_VOCABS)
+def test_bpe_vectors_reproduced_exactly(vocab, bpe_tokenizers, name):
+    tok = bpe_tokenizers[name]
+    assert tok.kind == "bpe"
+    cases = read_vectors(vocab, name)
+    assert len(cases) > 40
+    bad = [(text, want, got) for text, want in cases if (got := tok.encode(text, add_bos=False)) != want]
+    assert not bad, f"{len(bad)}/{len(cases)} mismatches, first: {bad[0]!r}"
+
+
+def test_bpe_round_trip(vocab, bpe_tokenizers):
+    qwen, llama3 = bpe_tokenizers["qwen2"], bpe_tokenizers["llama-bpe"]
+    for text, want in read_vectors(vocab, "qwen2"):  # qwen2 keeps spaces as they are
+        assert qwen.decode(want) == text, repr(text)
+        sd = StreamDecoder(qwen)
+        assert "".join(sd.feed(i) for i in want) + sd.flush() == text
+    for text, want in read_vectors(vocab, "llama-bpe"):
+        if not any(p in text for p in (" ?", " !", " .", " ,", " '")):  # llama3 cleans up those spaces
+            assert llama3.decode(want) == text, repr(text)
+
+
+def test_bpe_special_tokens_and_flags(bpe_tokenizers):
+    llama3, qwen = bpe_tokenizers["llama-bpe"], bpe_tokenizers["qwen2"]
+    # llama-bpe adds BOS (<|begin_of_text|>) by default, qwen2 does not
+    assert llama3.encode("Hi")[0] == 128000 and qwen.encode("Hi")[0] != qwen.bos_id
+    assert {128001, 128009} <= llama3.stop_ids
+    assert {151643, 151645} <= qwen.stop_ids
+    text = "<|im_start|>user\nHi<|im_end|>\n"
+    ids = qwen.encode(text, special=True)
+    assert ids[0] == 151644 and 151645 in ids
+    assert 151644 not in qwen.encode(text)
+    assert qwen.decode(ids, special=True) == text and qwen.decode(ids) == "user\nHi\n"
+    # clean_up_tokenization_spaces (llama3 only): " ," -> ",", " 's" -> "'s", " ' " -> "'"
+    assert llama3.decode(llama3.encode("Hello , world . It 's ' ok", add_bos=False)) == "Hello, world. It's'ok"
+    assert qwen.decode(qwen.encode("Hello , world .")) == "Hello , world ."
 
 
 def test_llama_spm_attributes(spm_tokenizers):
@@ -309,11 +356,35 @@ def test_bad_metadata_names_the_key(key, value):
         Tokenizer.from_metadata(md)
 
 
-@pytest.mark.parametrize("model", ["bert", "t5", "rwkv", "gpt2"])
+@pytest.mark.parametrize("model", ["bert", "t5", "rwkv", "plamo2", ""])
 def test_unsupported_model(model):
     md = good_md()
     md["tokenizer.ggml.model"] = model
-    with pytest.raises(UnsupportedError, match=model):
+    with pytest.raises(UnsupportedError, match=f"'{model}'"):
+        Tokenizer.from_metadata(md)
+
+
+@pytest.mark.parametrize("pre", [None, "default", "deepseek-llm", "chatglm-bpe"])
+def test_unsupported_bpe_pre_tokenizer(pre):
+    md = good_md()
+    md["tokenizer.ggml.model"] = "gpt2"
+    md["tokenizer.ggml.merges"] = ["a b"]
+    if pre is not None:
+        md["tokenizer.ggml.pre"] = pre
+    with pytest.raises(UnsupportedError, match=f"'{pre or 'default'}'"):
+        Tokenizer.from_metadata(md)
+
+
+@pytest.mark.parametrize("key, value", [("tokenizer.ggml.merges", None), ("tokenizer.ggml.merges", ["a b", 3]),
+                                        ("tokenizer.ggml.merges", "a b"), ("tokenizer.ggml.pre", 7)])
+def test_bad_bpe_metadata(key, value):
+    md = good_md()
+    md.update({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2", "tokenizer.ggml.merges": ["a b"]})
+    if value is None:
+        del md[key]
+    else:
+        md[key] = value
+    with pytest.raises(TokenizerError, match=key.replace(".", r"\.")):
         Tokenizer.from_metadata(md)
 
 
