@@ -1,8 +1,7 @@
-"""Tokenizer built from GGUF metadata: SentencePiece-style (SPM) encode/decode matching llama.cpp.
+"""Tokenizers built from GGUF metadata (SentencePiece "llama" and byte-level BPE "gpt2"), matching llama.cpp.
 
-Data flow: `GGUFFile.metadata` -> `Tokenizer.from_metadata` -> `encode(text)` -> ids for an engine;
-generated ids -> `decode` / `StreamDecoder` -> text. Facts (token types, the SPM bigram merge, special
-token partitioning, end-of-generation texts, detokenize) from llama.cpp's src/llama-vocab.cpp:
+`GGUFFile.metadata` -> `Tokenizer` -> `encode(text)` -> ids for an engine; ids -> `decode`/`StreamDecoder` -> text.
+Facts from llama.cpp's src/llama-vocab.cpp and src/unicode.cpp (permalinks at the SPM and BPE sections):
 https://github.com/ggml-org/llama.cpp/blob/00ad355e009e83abf98f96a6ded7193b95763681/src/llama-vocab.cpp
 """
 
@@ -184,10 +183,10 @@ class Tokenizer:
 
     Attributes
     ----------
-    kind : "spm" (the only kind implemented; "bpe" vocabularies raise UnsupportedError)
+    kind : "spm" (tokenizer.ggml.model "llama") or "bpe" ("gpt2" with a llama3, qwen2 or gpt2 pre-tokenizer)
     vocab_size, bos_id, eos_id, unk_id, eot_id : ids (None when the vocabulary has no such token)
     stop_ids : frozenset of end-of-generation ids (EOS, EOT, `<end_of_turn>`-like tokens)
-    add_bos, add_eos, add_space_prefix : the metadata's flags (with llama.cpp's SPM defaults)
+    add_bos, add_eos, add_space_prefix : the metadata's flags (with llama.cpp's defaults per kind)
     """
 
     def __init__(self, md: Mapping[str, Any]):
@@ -278,7 +277,8 @@ class Tokenizer:
 
         self.add_bos = _get_bool(md, KEYS["add_bos"], True if self.kind == "spm" else self._bpe.add_bos)
         self.add_eos = _get_bool(md, KEYS["add_eos"], False)
-        self.add_space_prefix = _get_bool(md, KEYS["add_space_prefix"], self.kind == "spm")
+        # llama.cpp's BPE tokenizer never adds the prefix, so the key only counts for SPM
+        self.add_space_prefix = self.kind == "spm" and _get_bool(md, KEYS["add_space_prefix"], True)
         if self.add_bos and self.bos_id is None:
             raise TokenizerError(f"{KEYS['add_bos']} is true, but {KEYS['bos']} is not set")
         if self.add_eos and self.eos_id is None:
@@ -343,7 +343,6 @@ class Tokenizer:
                 if i is not None:
                     attrs[i] = (attrs[i] | ATTR_RSTRIP) if on else (attrs[i] & ~ATTR_RSTRIP)
         special.sort(key=lambda i: (-len(tokens[i].encode("utf-8")), i))
-        self._special_order = special
         by_first: dict[str, list[tuple[int, int]]] = {}
         for rank, i in enumerate(special):
             by_first.setdefault(tokens[i][0], []).append((rank, i))
@@ -580,7 +579,8 @@ class StreamDecoder:
     whole); `flush()` returns what is left, invalid bytes as U+FFFD.
 
     Generated text continues a prompt, so no leading space is stripped (llama.cpp's token_to_piece);
-    pass `lstrip_first=True` to decode a sequence from its start like `Tokenizer.decode`.
+    pass `lstrip_first=True` to decode a sequence from its start like `Tokenizer.decode`. BPE space
+    clean-up (llama3's " ," -> ",") is a whole-text pass of `decode` only.
     """
 
     def __init__(self, tokenizer: Tokenizer, special: bool = False, lstrip_first: bool = False):
@@ -601,7 +601,6 @@ class StreamDecoder:
         text = self._decoder.decode(b"", final=True)
         self._decoder.reset()
         return text
-
 
 
 # -- byte-level BPE (tokenizer model "gpt2") ----------------------------------------------------------------
@@ -644,7 +643,8 @@ _PRE_TOKENIZERS = {
                     ("llama3", True, True, True)),
     **dict.fromkeys(("dbrx", "smaug-bpe"), ("llama3", False, False, True)),
     **dict.fromkeys(("qwen2", "deepseek-r1-qwen", "kormo"), ("qwen2", False, False, False)),
-    **dict.fromkeys(("stablelm2", "megrez", "hunyuan"), ("qwen2", False, False, True)),
+    **dict.fromkeys(("stablelm2", "megrez"), ("qwen2", False, False, True)),
+    "hunyuan": ("qwen2", False, False, False),
     **dict.fromkeys(("gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "mpt",
                      "olmo", "jais", "exaone4"), ("gpt2", False, False, True)),
 }

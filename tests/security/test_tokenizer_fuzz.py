@@ -38,12 +38,12 @@ chars = st.characters(exclude_categories=("Cs",), exclude_characters="\u2581")
 pieces = st.one_of(
     st.text(chars, max_size=40),
     st.text(st.characters(max_codepoint=0x1F), max_size=10),  # control characters
-    st.integers(1, 800).map(lambda k: " " * k),  # long runs of spaces
+    st.integers(1, 400).map(lambda k: " " * k),  # long runs of spaces
     st.sampled_from(["\n", "\n\n\n", "\t\t", "\r\n", "  ", "<s>", "</s>", "<unk>", "<bos>", "<eos>",
                      "<start_of_turn>", "<end_of_turn>", "<unused7>", "[multimodal]", "<0x41>", "\ufeff",
                      "🦙", "👨‍👩‍👧", "\U0010ffff", "\x00", "é", "日本語"]),
 )
-texts = st.lists(pieces, max_size=12).map("".join)
+texts = st.lists(pieces, max_size=8).map("".join)
 
 
 @FUZZ
