@@ -392,11 +392,11 @@ class Tokenizer:
         Parameters
         ----------
         text : str (lone surrogates, which have no UTF-8 form, are replaced by U+FFFD)
-        add_bos : prepend BOS if the model's `add_bos_token` asks for it (llama.cpp's add_special);
-            also appends EOS when `add_eos_token` is set
+        add_bos : prepend BOS if the model's `add_bos_token` asks for it (llama.cpp's add_special)
         special : match control tokens (`<start_of_turn>`, `<s>`, ...) written in the text;
             user-defined tokens are always matched
-        add_eos : append EOS regardless of the metadata
+        add_eos : append EOS. Only when asked: unlike llama.cpp's add_special, `add_eos_token` in the
+            metadata is not applied, since a prompt ending in EOS would end generation before it starts
         """
         if not isinstance(text, str):
             raise TokenizerError(f"encode() takes a str, got {type(text).__name__}")
@@ -420,7 +420,7 @@ class Tokenizer:
             else:
                 self._bpe.encode(frag, self._token_to_id, out)
             prev_special = False
-        if (add_eos or (add_bos and self.add_eos)) and self.eos_id is not None:
+        if add_eos and self.eos_id is not None:
             out.append(self.eos_id)
         return out
 

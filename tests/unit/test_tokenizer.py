@@ -308,7 +308,8 @@ def test_add_bos_flag_and_eos():
     assert tok.encode("a") == [tok.id_of("a")]
     assert tok.encode("a", add_eos=True) == [tok.id_of("a"), 2]
     tok = tiny(["a"], [-1], add_space_prefix=False, **{"tokenizer.ggml.add_eos_token": True})
-    assert tok.encode("a") == [1, tok.id_of("a"), 2]
+    assert tok.add_eos and tok.encode("a") == [1, tok.id_of("a")]  # EOS only when asked
+    assert tok.encode("a", add_eos=True) == [1, tok.id_of("a"), 2]
 
 
 def test_eot_key_and_texts():
