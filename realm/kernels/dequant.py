@@ -63,6 +63,7 @@ else:
 
 
 _F16_SUBNORMAL_UNIT = np.float32(2.0**-24)  # value of the f16 bit pattern 0x0001
+_CHUNK = 4096  # elements per parallel work item of the float-type kernels
 
 
 @jit
@@ -133,146 +134,207 @@ def _i8(v):
 # ---------------------------------------------------------------------------------------------
 
 
+@jit
+def f16_bits_to_f32_bits(h):
+    """IEEE half bits -> float32 bits, branch-free (selects) so that bulk loops vectorize; = f16_to_f32."""
+    h = np.int32(h) & 0xFFFF
+    sign = (h & 0x8000) << 16
+    em = h & 0x7FFF
+    special = 0x7F800000 | ((em & 0x3FF) << 13)  # inf / nan
+    normal = (em << 13) + (112 << 23)
+    subnormal = np.int32(f32_as_u32(np.float32(em) * _F16_SUBNORMAL_UNIT))
+    bits = special if em >= 0x7C00 else (normal if em >= 0x0400 else subnormal)
+    return np.uint32(sign | bits)
+
+
 @pjit
-def dequantize_f16(h, out):
-    """h (n,) uint16 (IEEE half bits) -> out (n,) float32."""
-    for i in prange(h.shape[0]):
-        out[i] = f16_to_f32(h[i])
+def dequantize_f16(h, out_bits):
+    """h (n,) uint16 (IEEE half bits) -> out_bits (n,) uint32, the float32 bits."""
+    n = h.shape[0]
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(n_chunks):
+        lo = c * _CHUNK
+        hc = h[lo:lo + _CHUNK]
+        oc = out_bits[lo:lo + _CHUNK]
+        for i in range(hc.shape[0]):
+            oc[i] = f16_bits_to_f32_bits(hc[i])
 
 
 @pjit
 def dequantize_bf16(h, out_bits):
     """h (n,) uint16 (bfloat16 bits) -> out_bits (n,) uint32, the float32 bits (top half = h)."""
-    for i in prange(h.shape[0]):
-        out_bits[i] = np.uint32(h[i]) << np.uint32(16)
+    n = h.shape[0]
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(n_chunks):
+        lo = c * _CHUNK
+        hc = h[lo:lo + _CHUNK]
+        oc = out_bits[lo:lo + _CHUNK]
+        for i in range(hc.shape[0]):
+            oc[i] = np.uint32(hc[i]) << np.uint32(16)
 
 
 # ---------------------------------------------------------------------------------------------
-# Legacy 32-element blocks
+# Quantized blocks. Loop lengths (qk = elements per block and its fractions) are read from the
+# array shapes, not written as literals: with literal trip counts LLVM fully unrolls the inner
+# loops into scalar code (it cannot prove `blocks` and `out` do not alias), with run-time counts it
+# vectorizes them behind an alias check (2-3x faster). The wrapper guarantees the shapes.
 # ---------------------------------------------------------------------------------------------
 
 
 @pjit
 def dequantize_q4_0(blocks, out):
     """blocks (nb, 18) uint8 -> out (nb*32,) float32."""
-    for i in prange(blocks.shape[0]):
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # 32
+    half = qk // 2
+    for i in prange(nb):
         b = blocks[i]
-        y = out[i * 32:(i + 1) * 32]
+        y = out[i * qk:(i + 1) * qk]
         d = _f16_at(b, 0)
-        qs = b[2:18]
-        for j in range(16):
-            q = np.int64(qs[j])
+        qs = b[2:2 + half]
+        for j in range(half):
+            q = np.int32(qs[j])
             y[j] = d * np.float32((q & 0x0F) - 8)
-            y[j + 16] = d * np.float32((q >> 4) - 8)
+            y[j + half] = d * np.float32((q >> 4) - 8)
 
 
 @pjit
 def dequantize_q4_1(blocks, out):
     """blocks (nb, 20) uint8 -> out (nb*32,) float32."""
-    for i in prange(blocks.shape[0]):
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # 32
+    half = qk // 2
+    for i in prange(nb):
         b = blocks[i]
-        y = out[i * 32:(i + 1) * 32]
+        y = out[i * qk:(i + 1) * qk]
         d = _f16_at(b, 0)
         m = _f16_at(b, 2)
-        qs = b[4:20]
-        for j in range(16):
-            q = np.int64(qs[j])
+        qs = b[4:4 + half]
+        for j in range(half):
+            q = np.int32(qs[j])
             y[j] = d * np.float32(q & 0x0F) + m
-            y[j + 16] = d * np.float32(q >> 4) + m
+            y[j + half] = d * np.float32(q >> 4) + m
 
 
 @pjit
 def dequantize_q5_0(blocks, out):
     """blocks (nb, 22) uint8 -> out (nb*32,) float32."""
-    for i in prange(blocks.shape[0]):
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # 32
+    half = qk // 2
+    for i in prange(nb):
         b = blocks[i]
-        y = out[i * 32:(i + 1) * 32]
+        y = out[i * qk:(i + 1) * qk]
         d = _f16_at(b, 0)
-        qh = np.int64(b[2]) | (np.int64(b[3]) << 8) | (np.int64(b[4]) << 16) | (np.int64(b[5]) << 24)
-        qs = b[6:22]
-        for j in range(16):
-            q = np.int64(qs[j])
-            y[j] = d * np.float32(((q & 0x0F) | (((qh >> j) & 1) << 4)) - 16)
-            y[j + 16] = d * np.float32(((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16)
+        qh = np.uint32(b[2]) | (np.uint32(b[3]) << 8) | (np.uint32(b[4]) << 16) | (np.uint32(b[5]) << 24)
+        qs = b[6:6 + half]
+        for j in range(half):
+            q = np.int32(qs[j])
+            h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
+            h1 = np.int32((qh >> np.uint32(j + half)) & np.uint32(1)) << 4
+            y[j] = d * np.float32(((q & 0x0F) | h0) - 16)
+            y[j + half] = d * np.float32(((q >> 4) | h1) - 16)
 
 
 @pjit
 def dequantize_q5_1(blocks, out):
     """blocks (nb, 24) uint8 -> out (nb*32,) float32."""
-    for i in prange(blocks.shape[0]):
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # 32
+    half = qk // 2
+    for i in prange(nb):
         b = blocks[i]
-        y = out[i * 32:(i + 1) * 32]
+        y = out[i * qk:(i + 1) * qk]
         d = _f16_at(b, 0)
         m = _f16_at(b, 2)
-        qh = np.int64(b[4]) | (np.int64(b[5]) << 8) | (np.int64(b[6]) << 16) | (np.int64(b[7]) << 24)
-        qs = b[8:24]
-        for j in range(16):
-            q = np.int64(qs[j])
-            y[j] = d * np.float32((q & 0x0F) | (((qh >> j) & 1) << 4)) + m
-            y[j + 16] = d * np.float32((q >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m
+        qh = np.uint32(b[4]) | (np.uint32(b[5]) << 8) | (np.uint32(b[6]) << 16) | (np.uint32(b[7]) << 24)
+        qs = b[8:8 + half]
+        for j in range(half):
+            q = np.int32(qs[j])
+            h0 = np.int32((qh >> np.uint32(j)) & np.uint32(1)) << 4
+            h1 = np.int32((qh >> np.uint32(j + half)) & np.uint32(1)) << 4
+            y[j] = d * np.float32((q & 0x0F) | h0) + m
+            y[j + half] = d * np.float32((q >> 4) | h1) + m
 
 
 @pjit
 def dequantize_q8_0(blocks, out):
     """blocks (nb, 34) uint8 -> out (nb*32,) float32."""
-    for i in prange(blocks.shape[0]):
-        b = blocks[i]
-        y = out[i * 32:(i + 1) * 32]
-        d = _f16_at(b, 0)
-        qs = b[2:34]
-        for j in range(32):
-            y[j] = d * np.float32(_i8(qs[j]))
-
-
-# ---------------------------------------------------------------------------------------------
-# k-quants: 256-element super-blocks
-# ---------------------------------------------------------------------------------------------
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # 32
+    blocks_i8 = blocks.view(np.int8)
+    for i in prange(nb):
+        y = out[i * qk:(i + 1) * qk]
+        d = _f16_at(blocks[i], 0)
+        qs = blocks_i8[i, 2:2 + qk]
+        for j in range(qk):
+            y[j] = d * np.float32(qs[j])
 
 
 @pjit
 def dequantize_q2_k(blocks, out):
     """blocks (nb, 84) uint8 -> out (nb*256,) float32."""
-    for i in prange(blocks.shape[0]):
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # QK_K
+    n16 = qk // 16
+    for i in prange(nb):
         b = blocks[i]
-        y = out[i * QK_K:(i + 1) * QK_K]
+        y = out[i * qk:(i + 1) * qk]
         scales = b[0:16]
         qs = b[16:80]
         d = _f16_at(b, 80)
         dmin = _f16_at(b, 82)
-        for s in range(16):  # sub-block of 16: element 128*h + 32*j + l0 + l
-            sc = np.int64(scales[s])
+        for s in range(16):  # sub-block of 16: element 128*h + 32*j + 16*(s % 2) + l
+            sc = np.int32(scales[s])
             dl = d * np.float32(sc & 0x0F)
             ml = dmin * np.float32(sc >> 4)
-            h = s // 8
+            lo = 32 * (s // 8) + 16 * (s % 2)
             shift = 2 * ((s % 8) // 2)
-            q = qs[32 * h + 16 * (s % 2):32 * h + 16 * (s % 2) + 16]
-            ys = y[16 * s:16 * s + 16]
-            for l in range(16):
-                ys[l] = dl * np.float32((np.int64(q[l]) >> shift) & 3) - ml
+            q = qs[lo:lo + n16]
+            ys = y[n16 * s:n16 * (s + 1)]
+            for l in range(n16):
+                ys[l] = dl * np.float32((np.int32(q[l]) >> shift) & 3) - ml
 
 
 @pjit
 def dequantize_q3_k(blocks, out):
     """blocks (nb, 110) uint8 -> out (nb*256,) float32."""
-    for i in prange(blocks.shape[0]):
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # QK_K
+    n16 = qk // 16
+    for i in prange(nb):
         b = blocks[i]
-        y = out[i * QK_K:(i + 1) * QK_K]
+        y = out[i * qk:(i + 1) * qk]
         qs = b[32:96]
         scales = b[96:108]
         d = _f16_at(b, 108)
         for s in range(16):
-            low4 = (np.int64(scales[s % 8]) >> (4 * (s // 8))) & 0x0F
-            high2 = (np.int64(scales[8 + s % 4]) >> (2 * (s // 4))) & 3
+            low4 = (np.int32(scales[s % 8]) >> (4 * (s // 8))) & 0x0F
+            high2 = (np.int32(scales[8 + s % 4]) >> (2 * (s // 4))) & 3
             dl = d * np.float32((low4 | (high2 << 4)) - 32)
             h = s // 8
             j = (s % 8) // 2
             l0 = 16 * (s % 2)
-            q = qs[32 * h + l0:32 * h + l0 + 16]
-            hm = b[l0:l0 + 16]  # hmask
-            ys = y[16 * s:16 * s + 16]
-            for l in range(16):
-                low = (np.int64(q[l]) >> (2 * j)) & 3
-                hbit = (np.int64(hm[l]) >> (4 * h + j)) & 1
+            q = qs[32 * h + l0:32 * h + l0 + n16]
+            hm = b[l0:l0 + n16]  # hmask
+            ys = y[n16 * s:n16 * (s + 1)]
+            for l in range(n16):
+                low = (np.int32(q[l]) >> (2 * j)) & 3
+                hbit = (np.int32(hm[l]) >> (4 * h + j)) & 1
                 ys[l] = dl * np.float32(low - 4 + 4 * hbit)
 
 
@@ -280,33 +342,38 @@ def dequantize_q3_k(blocks, out):
 def _scale_min_k4(scales, s):
     """(sc, m) 6-bit pair of sub-block s of Q4_K/Q5_K (see get_scale_min_k4 in realm/quants.py)."""
     if s < 4:
-        return np.int64(scales[s]) & 63, np.int64(scales[s + 4]) & 63
-    sc = (np.int64(scales[s + 4]) & 0x0F) | ((np.int64(scales[s - 4]) >> 6) << 4)
-    m = (np.int64(scales[s + 4]) >> 4) | ((np.int64(scales[s]) >> 6) << 4)
+        return np.int32(scales[s]) & 63, np.int32(scales[s + 4]) & 63
+    sc = (np.int32(scales[s + 4]) & 0x0F) | ((np.int32(scales[s - 4]) >> 6) << 4)
+    m = (np.int32(scales[s + 4]) >> 4) | ((np.int32(scales[s]) >> 6) << 4)
     return sc, m
 
 
 @pjit
 def dequantize_q4_k(blocks, out):
     """blocks (nb, 144) uint8 -> out (nb*256,) float32."""
-    for i in prange(blocks.shape[0]):
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # QK_K
+    n32 = qk // 8
+    for i in prange(nb):
         b = blocks[i]
-        y = out[i * QK_K:(i + 1) * QK_K]
+        y = out[i * qk:(i + 1) * qk]
         d = _f16_at(b, 0)
         dmin = _f16_at(b, 2)
         scales = b[4:16]
         for c in range(4):  # 32 bytes of qs -> 64 elements (two sub-blocks)
-            q = b[16 + 32 * c:48 + 32 * c]
+            q = b[16 + 32 * c:16 + 32 * c + n32]
             sc1, m1 = _scale_min_k4(scales, 2 * c)
             sc2, m2 = _scale_min_k4(scales, 2 * c + 1)
             d1 = d * np.float32(sc1)
             dm1 = dmin * np.float32(m1)
             d2 = d * np.float32(sc2)
             dm2 = dmin * np.float32(m2)
-            y1 = y[64 * c:64 * c + 32]
-            y2 = y[64 * c + 32:64 * c + 64]
-            for l in range(32):
-                v = np.int64(q[l])
+            y1 = y[64 * c:64 * c + n32]
+            y2 = y[64 * c + 32:64 * c + 32 + n32]
+            for l in range(n32):
+                v = np.int32(q[l])
                 y1[l] = d1 * np.float32(v & 0x0F) - dm1
                 y2[l] = d2 * np.float32(v >> 4) - dm2
 
@@ -314,26 +381,31 @@ def dequantize_q4_k(blocks, out):
 @pjit
 def dequantize_q5_k(blocks, out):
     """blocks (nb, 176) uint8 -> out (nb*256,) float32."""
-    for i in prange(blocks.shape[0]):
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # QK_K
+    n32 = qk // 8
+    for i in prange(nb):
         b = blocks[i]
-        y = out[i * QK_K:(i + 1) * QK_K]
+        y = out[i * qk:(i + 1) * qk]
         d = _f16_at(b, 0)
         dmin = _f16_at(b, 2)
         scales = b[4:16]
-        qh = b[16:48]
+        qh = b[16:16 + n32]
         for c in range(4):
-            q = b[48 + 32 * c:80 + 32 * c]
+            q = b[48 + 32 * c:48 + 32 * c + n32]
             sc1, m1 = _scale_min_k4(scales, 2 * c)
             sc2, m2 = _scale_min_k4(scales, 2 * c + 1)
             d1 = d * np.float32(sc1)
             dm1 = dmin * np.float32(m1)
             d2 = d * np.float32(sc2)
             dm2 = dmin * np.float32(m2)
-            y1 = y[64 * c:64 * c + 32]
-            y2 = y[64 * c + 32:64 * c + 64]
-            for l in range(32):
-                v = np.int64(q[l])
-                h = np.int64(qh[l])
+            y1 = y[64 * c:64 * c + n32]
+            y2 = y[64 * c + 32:64 * c + 32 + n32]
+            for l in range(n32):
+                v = np.int32(q[l])
+                h = np.int32(qh[l])
                 y1[l] = d1 * np.float32((v & 0x0F) | (((h >> (2 * c)) & 1) << 4)) - dm1
                 y2[l] = d2 * np.float32((v >> 4) | (((h >> (2 * c + 1)) & 1) << 4)) - dm2
 
@@ -341,35 +413,45 @@ def dequantize_q5_k(blocks, out):
 @pjit
 def dequantize_q6_k(blocks, out):
     """blocks (nb, 210) uint8 -> out (nb*256,) float32 (Q6_K stores d last)."""
-    for i in prange(blocks.shape[0]):
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # QK_K
+    n16 = qk // 16
+    for i in prange(nb):
         b = blocks[i]
-        y = out[i * QK_K:(i + 1) * QK_K]
+        y = out[i * qk:(i + 1) * qk]
         d = _f16_at(b, 208)
         for h in range(2):  # halves of 128 elements: element 128*h + 32*k + l
-            ql = b[64 * h:64 * h + 64]
-            qh = b[128 + 32 * h:160 + 32 * h]
             for k in range(4):
-                qlk = ql[32 * (k % 2):32 * (k % 2) + 32]
-                dl1 = d * np.float32(_i8(b[192 + 8 * h + 2 * k]))
-                dl2 = d * np.float32(_i8(b[193 + 8 * h + 2 * k]))
-                yk = y[128 * h + 32 * k:128 * h + 32 * k + 32]
-                for l in range(32):
-                    low = (np.int64(qlk[l]) >> (4 * (k // 2))) & 0x0F
-                    high = (np.int64(qh[l]) >> (2 * k)) & 3
-                    q = np.float32((low | (high << 4)) - 32)
-                    yk[l] = (dl1 if l < 16 else dl2) * q
+                shift_l = 4 * (k // 2)
+                shift_h = 2 * k
+                for part in range(2):  # l in [0, 16) and [16, 32): one scale each
+                    lo = 16 * part
+                    ql = b[64 * h + 32 * (k % 2) + lo:64 * h + 32 * (k % 2) + lo + n16]
+                    qh = b[128 + 32 * h + lo:128 + 32 * h + lo + n16]
+                    dl = d * np.float32(_i8(b[192 + 8 * h + 2 * k + part]))
+                    ys = y[128 * h + 32 * k + lo:128 * h + 32 * k + lo + n16]
+                    for l in range(n16):
+                        low = (np.int32(ql[l]) >> shift_l) & 0x0F
+                        high = (np.int32(qh[l]) >> shift_h) & 3
+                        ys[l] = dl * np.float32((low | (high << 4)) - 32)
 
 
 @pjit
 def dequantize_q8_k(blocks, out):
     """blocks (nb, 292) uint8 -> out (nb*256,) float32."""
-    for i in prange(blocks.shape[0]):
-        b = blocks[i]
-        y = out[i * QK_K:(i + 1) * QK_K]
-        d = _f32_at(b, 0)
-        qs = b[4:260]
-        for j in range(QK_K):
-            y[j] = d * np.float32(_i8(qs[j]))
+    nb = blocks.shape[0]
+    if nb == 0:
+        return
+    qk = out.shape[0] // nb  # QK_K
+    blocks_i8 = blocks.view(np.int8)
+    for i in prange(nb):
+        y = out[i * qk:(i + 1) * qk]
+        d = _f32_at(blocks[i], 0)
+        qs = blocks_i8[i, 4:4 + qk]
+        for j in range(qk):
+            y[j] = d * np.float32(qs[j])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +478,7 @@ def _run_f32(buf: np.ndarray, out: np.ndarray) -> None:
 
 
 def _run_f16(buf: np.ndarray, out: np.ndarray) -> None:
-    dequantize_f16(buf.view("<u2"), out)
+    dequantize_f16(buf.view("<u2"), out.view(np.uint32))
 
 
 def _run_bf16(buf: np.ndarray, out: np.ndarray) -> None:
