@@ -28,8 +28,9 @@ def warmup() -> float:
     """
     t0 = time.perf_counter()
     for t in sorted(SUPPORTED):
-        layout = LAYOUTS[t]
-        dequantize(np.zeros(layout.type_size, dtype=np.uint8), t)
+        blocks = np.zeros(LAYOUTS[t].type_size, dtype=np.uint8)  # (type_size,): one block
+        blocks.setflags(write=False)  # weights arrive as read-only mmap views: compile that variant
+        dequantize(blocks, t)
     x = np.linspace(-1.0, 1.0, 256, dtype=np.float32)  # (256,)
     quantize_q8_0(x)
     quantize_q8_k(x)
