@@ -343,10 +343,8 @@ class Tokenizer:
                 if i is not None:
                     attrs[i] = (attrs[i] | ATTR_RSTRIP) if on else (attrs[i] & ~ATTR_RSTRIP)
         special.sort(key=lambda i: (-len(tokens[i].encode("utf-8")), i))
-        by_first: dict[str, list[tuple[int, int]]] = {}
-        for rank, i in enumerate(special):
-            by_first.setdefault(tokens[i][0], []).append((rank, i))
-        self._special_by_first = by_first
+        self._special_rank = {tid: rank for rank, tid in enumerate(special)}  # partition order
+        self._tries: dict[bool, tuple[dict, re.Pattern[str], int]] = {}
         self._attrs = attrs.tolist()
 
     # -- attributes --------------------------------------------------------------------------------
@@ -425,46 +423,94 @@ class Tokenizer:
         return out
 
     def _partition(self, text: str, special: bool) -> list[str | int]:
-        """Split `text` at special tokens, longest token first, as llama.cpp's tokenizer_st_partition."""
-        attrs, tokens = self._attrs, self._tokens
-        ranked: list[tuple[int, int]] = []
-        for ch in set(text):
-            group = self._special_by_first.get(ch)
-            if group:
-                ranked.extend(r for r in group if tokens[r[1]] in text)
-        if not ranked:
-            return [text]
-        ranked.sort()
-        frags: list[str | int] = [text]
-        for _, tid in ranked:
-            attr = attrs[tid]
-            if not special and attr & _ATTR_SPECIAL:
+        """Split `text` at special tokens as llama.cpp's tokenizer_st_partition: the longest token first,
+        each taking its leftmost non-overlapping occurrences that lie wholly in still-unclaimed text.
+
+        The tokens present are found by a trie walk from each position holding a possible first
+        character (walks over identical windows are done once), so cost does not grow with the number
+        of special tokens in the vocabulary.
+        """
+        trie, first, depth = self._special_trie(special)
+        n = len(text)
+        present: set[int] = set()
+        walked: set[str] = set()
+        for m in first.finditer(text):
+            i = m.start()
+            window = text[i:i + depth]
+            if window in walked:
                 continue
-            tok = tokens[tid]
-            new: list[str | int] = []
-            for frag in frags:
-                if isinstance(frag, int) or tok not in frag:
-                    new.append(frag)
-                    continue
-                start = 0
-                while True:
-                    m = frag.find(tok, start)
-                    if m < 0:
-                        if start < len(frag):
-                            new.append(frag[start:])
+            walked.add(window)
+            node = trie
+            for ch in window:
+                node = node.get(ch)
+                if node is None:
+                    break
+                tid = node.get(None)
+                if tid is not None:
+                    present.add(tid)
+        if not present:
+            return [text]
+        attrs, tokens, rank = self._attrs, self._tokens, self._special_rank
+        claimed = bytearray(n)  # 1: inside a matched token or whitespace stripped next to one
+        starts: dict[int, int] = {}  # position -> token id
+        for tid in sorted(present, key=rank.__getitem__):
+            tok, attr = tokens[tid], attrs[tid]
+            size = len(tok)
+            pos = 0
+            while (p := text.find(tok, pos)) >= 0:
+                q = claimed.find(1, p, p + size)
+                if q >= 0:  # any occurrence starting up to q overlaps claimed text: go past it
+                    pos = claimed.find(0, q)
+                    if pos < 0:
                         break
-                    left = frag[start:m]
-                    if attr & ATTR_LSTRIP:
-                        left = left.rstrip(_C_SPACE)
-                    if left:
-                        new.append(left)
-                    new.append(tid)
-                    start = m + len(tok)
-                    if attr & ATTR_RSTRIP:
-                        while start < len(frag) and frag[start] in _C_SPACE:
-                            start += 1
-            frags = new
+                    continue
+                claimed[p:p + size] = b"\x01" * size
+                starts[p] = tid
+                pos = p + size
+                if attr & ATTR_LSTRIP:
+                    k = p - 1
+                    while k >= 0 and not claimed[k] and text[k] in _C_SPACE:
+                        claimed[k] = 1
+                        k -= 1
+                if attr & ATTR_RSTRIP:
+                    while pos < n and not claimed[pos] and text[pos] in _C_SPACE:
+                        claimed[pos] = 1
+                        pos += 1
+        frags: list[str | int] = []
+        i = 0
+        while i < n:
+            if not claimed[i]:
+                j = claimed.find(1, i)
+                j = n if j < 0 else j
+                frags.append(text[i:j])
+                i = j
+            elif i in starts:
+                frags.append(starts[i])
+                i += len(tokens[starts[i]])
+            else:
+                i += 1  # stripped whitespace
         return frags
+
+    def _special_trie(self, special: bool) -> tuple[dict, re.Pattern[str], int]:
+        """Trie of the special tokens matched in raw text (with `special`: control and unknown ones
+        too), a regex finding the characters they start with, and their longest length; built on
+        first use."""
+        cached = self._tries.get(special)
+        if cached is None:
+            trie: dict = {}
+            depth = 0
+            for tid in self._special_rank:
+                if not special and self._attrs[tid] & _ATTR_SPECIAL:
+                    continue
+                node = trie
+                for ch in self._tokens[tid]:
+                    node = node.setdefault(ch, {})
+                node[None] = tid
+                depth = max(depth, len(self._tokens[tid]))
+            chars = "".join(sorted(k for k in trie if k is not None))
+            first = re.compile(f"[{re.escape(chars)}]" if chars else r"(?!x)x")
+            cached = self._tries[special] = (trie, first, depth)
+        return cached
 
     def _spm(self, text: str, out: list[int]) -> None:
         """SPM merge of one escaped fragment: start from characters, repeatedly merge the adjacent pair
