@@ -65,6 +65,7 @@ class WasmEngine:
                 raise guest_error("realm_init failed", rc)
             self._vocab = int(config.vocab_size)
             self._tok_cap = MAX_BATCH
+            self._logits_step = MAX_BATCH  # all_logits positions per call; halved when the guest is short
             self._tok_ptr = self.guest.alloc(4 * self._tok_cap)
             self._params_ptr = self.guest.alloc(abi.SAMPLE_PARAMS.size)
             self._stats_ptr = self.guest.alloc(abi.GUEST_STATS.size)
@@ -86,30 +87,50 @@ class WasmEngine:
         if self.n_past + n > self.n_ctx:
             raise guest_error(f"evaluating {n} token(s) after {self.n_past} exceeds the context of {self.n_ctx}",
                               Err.ERR_CONTEXT_FULL)
-        step = self._tok_cap
-        if all_logits:
-            step = max(1, min(step, self.memory_budget // LOGITS_SHARE // (4 * self._vocab)))
-            out = np.empty((n, self._vocab), dtype=np.float32)  # (n_tokens, vocab)
-        for lo in range(0, n, step):
-            chunk = ids[lo:lo + step].astype(np.int32)  # (chunk,)
-            self.guest.write(self._tok_ptr, chunk)
-            rc = self.guest.call("realm_eval", self._tok_ptr, chunk.shape[0], 1 if all_logits else 0)
-            if rc < 0:
-                if rc == Err.ERR_OOM:
-                    raise guest_error(
-                        f"the guest ran out of its {self.memory_budget / 2**20:.1f} MiB memory budget while "
-                        f"evaluating {chunk.shape[0]} token(s); raise --memory-budget or lower --ctx", rc)
-                raise guest_error("realm_eval failed", rc)
-            self.n_past += chunk.shape[0]
-            self._history.extend(int(t) for t in chunk)
-            if all_logits:
-                ptr = self.guest.call("realm_logits_ptr") & 0xFFFFFFFF
-                out[lo:lo + chunk.shape[0]] = self.guest.read_array(
-                    ptr, np.float32, chunk.shape[0] * self._vocab).reshape(chunk.shape[0], self._vocab)
-        if all_logits:
-            return out
+        if not all_logits:
+            for lo in range(0, n, self._tok_cap):
+                self._eval_chunk(ids[lo:lo + self._tok_cap], False)
+            return self._read_logits(1)[0]  # (vocab,)
+        out = np.empty((n, self._vocab), dtype=np.float32)  # (n_tokens, vocab)
+        step = max(1, min(self._tok_cap, self.memory_budget // LOGITS_SHARE // (4 * self._vocab), self._logits_step))
+        lo = 0
+        while lo < n:
+            chunk = ids[lo:lo + step]
+            rc = self._eval_chunk(chunk, True, oom_ok=True)
+            if rc == Err.ERR_OOM:  # no room for (step, vocab) logits next to the guest's caches
+                if step > 1:
+                    step = self._logits_step = step // 2
+                    continue
+                # last resort: one position at a time, logits of the last position only
+                self._eval_chunk(chunk[:1], False)
+                out[lo] = self._read_logits(1)[0]
+                lo += 1
+                continue
+            out[lo:lo + chunk.shape[0]] = self._read_logits(chunk.shape[0])
+            lo += chunk.shape[0]
+        return out
+
+    def _eval_chunk(self, chunk: np.ndarray, all_logits: bool, oom_ok: bool = False) -> int:
+        """realm_eval on at most MAX_BATCH tokens; the guest leaves n_past unchanged on failure."""
+        chunk = chunk.astype(np.int32)  # (chunk,)
+        self.guest.write(self._tok_ptr, chunk)
+        rc = self.guest.call("realm_eval", self._tok_ptr, chunk.shape[0], 1 if all_logits else 0)
+        if rc == Err.ERR_OOM and oom_ok:
+            return rc
+        if rc < 0:
+            if rc == Err.ERR_OOM:
+                raise guest_error(
+                    f"the guest ran out of its {self.memory_budget / 2**20:.1f} MiB memory budget while "
+                    f"evaluating {chunk.shape[0]} token(s); raise --memory-budget or lower --ctx", rc)
+            raise guest_error("realm_eval failed", rc)
+        self.n_past += chunk.shape[0]
+        self._history.extend(int(t) for t in chunk)
+        return rc
+
+    def _read_logits(self, n_rows: int) -> np.ndarray:
+        """(n_rows, vocab) fresh copy of the guest's logits (never a view of guest memory)."""
         ptr = self.guest.call("realm_logits_ptr") & 0xFFFFFFFF
-        return self.guest.read_array(ptr, np.float32, self._vocab)  # (vocab,) fresh copy
+        return self.guest.read_array(ptr, np.float32, n_rows * self._vocab).reshape(n_rows, self._vocab)
 
     def sample(self, params, rng_state: int = 0) -> tuple[int, int]:
         """Sample from the last position's logits inside the guest: (token id, RNG state after)."""

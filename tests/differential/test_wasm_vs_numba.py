@@ -1,0 +1,223 @@
+"""The wasm guest vs the Numba engine: logits at every position, decode path, greedy tokens.
+
+Synthetic llama / gemma3 models (tests/synth.py) in every weight type, then the default model.
+Both engines read the same quantized bytes; the guest keeps its KV cache in f16 (the Numba engine in
+f32) and sums in another order, so the tolerances below are looser than numba-vs-reference.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from realm.config import ModelConfig
+from realm.gguf import GGUFFile
+from realm.host.runtime import default_guest_path
+from realm.quants import GGMLType
+
+pytest.importorskip("gguf")
+if not default_guest_path().exists():
+    pytest.skip("the guest realm/guest/realm_guest.wasm is not built yet", allow_module_level=True)
+try:
+    from realm.engines.numba import NumbaEngine
+except ImportError as e:  # pragma: no cover - only while the Numba engine is missing
+    pytest.skip(f"realm.engines.numba is not available: {e}", allow_module_level=True)
+
+from realm.engines.wasm import WasmEngine  # noqa: E402
+from realm.host.store import ModelStore  # noqa: E402
+from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# Max |logit difference| allowed per weight type (synthetic logits: std ~2-3, max ~10-15).
+# Measured worst cases (2 archs x 3 eval paths): legacy/float types <= 6.5e-3, k-quants <= 1.6e-2
+# (llama Q5_K; dim 256 models); the default model 1.8e-2. The guest keeps K/V in f16, Numba in f32.
+_LEGACY_TOL, _KQUANT_TOL = 2e-2, 5e-2
+TOLERANCE: dict[GGMLType, float] = {
+    GGMLType.F32: _LEGACY_TOL,
+    GGMLType.F16: _LEGACY_TOL,
+    GGMLType.Q4_0: _LEGACY_TOL,
+    GGMLType.Q4_1: _LEGACY_TOL,
+    GGMLType.Q5_0: _LEGACY_TOL,
+    GGMLType.Q5_1: _LEGACY_TOL,
+    GGMLType.Q8_0: _LEGACY_TOL,
+    GGMLType.Q2_K: _KQUANT_TOL,
+    GGMLType.Q3_K: _KQUANT_TOL,
+    GGMLType.Q4_K: _KQUANT_TOL,
+    GGMLType.Q5_K: _KQUANT_TOL,
+    GGMLType.Q6_K: _KQUANT_TOL,
+}
+DEFAULT_MODEL_TOLERANCE = 0.1  # Gemma 3 270M logits reach ~30
+
+PROMPT = [1, 5, 9, 100, 200, 7, 3, 4, 5, 6, 7, 8]  # 12 > sliding window 4 of the gemma3 models
+N_PREFILL = 5
+N_GREEDY = 8
+
+
+def assert_logits_close(ref: np.ndarray, got: np.ndarray, tol: float, what: str) -> float:
+    """ref, got (T, vocab): fail naming the worst position and its error; returns the worst error."""
+    assert ref.shape == got.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    assert np.isfinite(got).all(), f"{what}: non-finite logits"
+    err = np.abs(ref - got).max(axis=1)  # (T,)
+    worst = int(err.argmax())
+    log.info("%s: max |diff| %.3g at position %d", what, err[worst], worst)
+    assert err[worst] <= tol, f"{what}: max |diff| {err[worst]:.3g} at position {worst} > tolerance {tol:g}"
+    return float(err[worst])
+
+
+def greedy(engine, prompt: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
+    engine.reset()
+    logits = engine.eval(prompt)
+    tokens, steps = [], []
+    for _ in range(n):
+        steps.append(logits)
+        tokens.append(int(logits.argmax()))
+        logits = engine.eval([tokens[-1]])
+    return tokens, steps
+
+
+def assert_greedy_equal(numba_engine, wasm_engine, prompt: list[int], n: int, tol: float, what: str) -> None:
+    """Greedy continuations equal; a divergence where Numba's top-2 gap < tol is a logged near-tie."""
+    ref_tokens, ref_steps = greedy(numba_engine, prompt, n)
+    got_tokens, _ = greedy(wasm_engine, prompt, n)
+    for i, (a, b) in enumerate(zip(ref_tokens, got_tokens)):
+        if a != b:
+            top2 = np.sort(ref_steps[i])[-2:]
+            gap = float(top2[1] - top2[0])
+            if gap < tol:
+                log.warning("%s: greedy near-tie at step %d (top-2 gap %.3g): %d vs %d", what, i, gap, a, b)
+                return
+            pytest.fail(f"{what}: greedy token {i} differs: numba {a}, wasm {b} (top-2 gap {gap:.3g})")
+
+
+def _model_kwargs(arch: str, qtype: GGMLType) -> dict:
+    kwargs = kquant_dims() if qtype in K_QUANTS else {}
+    if arch == "llama":
+        kwargs["rope_dim"] = kwargs.get("head_dim", 16) // 2  # partial rotary
+    else:
+        kwargs["rope_scaling"] = 2.0  # linear scaling on the global layer
+    return kwargs
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("synth_wasm")
+
+
+@pytest.mark.parametrize("qtype", list(TOLERANCE), ids=lambda t: t.name)
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_synthetic_model(synth_dir, arch, qtype):
+    path = make_model(synth_dir / f"{arch}-{qtype.name}.gguf", arch=arch, qtype=qtype, seed=int(qtype),
+                      **_model_kwargs(arch, qtype))
+    tol = TOLERANCE[qtype]
+    store = ModelStore()
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        ref = NumbaEngine(f, config, n_ctx=64)
+        eng = WasmEngine(f, config, n_ctx=64, store=store, timeout=60)
+        try:
+            expect = ref.eval(PROMPT, all_logits=True)  # (T, vocab)
+            assert np.abs(expect).max() > 1.0, "degenerate synthetic model: logits all tiny"
+
+            assert_logits_close(expect, eng.eval(PROMPT, all_logits=True), tol, f"{arch}/{qtype.name} prefill")
+            assert eng.n_past == len(PROMPT)
+
+            eng.reset()
+            steps = [eng.eval(PROMPT[:N_PREFILL], all_logits=True)]
+            steps += [eng.eval([t], all_logits=True) for t in PROMPT[N_PREFILL:]]
+            assert_logits_close(expect, np.concatenate(steps), tol, f"{arch}/{qtype.name} prefill+decode")
+
+            eng.reset()
+            last = np.stack([eng.eval([t]) for t in PROMPT])  # decode only, last-position logits
+            assert_logits_close(expect, last, tol, f"{arch}/{qtype.name} decode")
+
+            assert_greedy_equal(ref, eng, PROMPT, N_GREEDY, tol, f"{arch}/{qtype.name}")
+            s = eng.stats()
+            assert s["bytes_fetched"] > 0 and s["host_calls"] > 0
+            assert s["peak_memory"] <= eng.memory_budget
+        finally:
+            eng.close()
+            ref.close()
+    assert store.stats()["n_copies"] == 0  # the engine's reference went with it
+
+
+def test_tiny_budget_streams_weights(synth_dir):
+    """A budget far below the model size still gives the same logits (weights streamed per token)."""
+    qtype = GGMLType.Q8_0
+    path = make_model(synth_dir / "stream.gguf", arch="gemma3", qtype=qtype, seed=3, **kquant_dims())
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        ref = NumbaEngine(f, config, n_ctx=32)
+        big = WasmEngine(f, config, n_ctx=32, store=ModelStore())
+        small_budget = 3 << 20
+        small = WasmEngine(f, config, n_ctx=32, store=ModelStore(), memory_budget=small_budget)
+        try:
+            expect = ref.eval(PROMPT, all_logits=True)
+            assert_logits_close(expect, big.eval(PROMPT, all_logits=True), TOLERANCE[qtype], "big budget")
+            assert_logits_close(expect, small.eval(PROMPT, all_logits=True), TOLERANCE[qtype], "small budget")
+            assert small.guest.memory_size <= small_budget
+        finally:
+            big.close()
+            small.close()
+            ref.close()
+
+
+def test_sampling_in_the_guest_matches_python(synth_dir):
+    from realm.sampling import SamplingParams, SplitMix64, sample
+
+    path = make_model(synth_dir / "sample.gguf", arch="llama", qtype=GGMLType.Q8_0, seed=5)
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        eng = WasmEngine(f, config, n_ctx=64, store=ModelStore())
+        try:
+            logits = eng.eval(PROMPT)
+            for params in (SamplingParams(), SamplingParams(temperature=0.8, seed=7),
+                           SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=11),
+                           SamplingParams(temperature=0.7, repeat_penalty=1.3, repeat_last_n=8, seed=3)):
+                rng = SplitMix64(params.seed)
+                state = params.seed
+                for _ in range(5):
+                    expect = sample(logits, PROMPT, params, rng)
+                    token, state = eng.sample(params, state)
+                    assert token == expect
+                    assert state == rng.state
+        finally:
+            eng.close()
+
+
+# --- the default model ------------------------------------------------------------------------------
+
+PROMPTS = ["What is the capital of France?", "The quick brown fox"]
+
+
+@pytest.fixture(scope="module")
+def default_engines(default_model):
+    from realm.tokenizer import Tokenizer
+
+    f = GGUFFile(default_model)
+    config = ModelConfig.from_gguf(f)
+    encode = Tokenizer.from_gguf(f).encode
+    ref = NumbaEngine(f, config, n_ctx=64)
+    eng = WasmEngine(f, config, n_ctx=64, timeout=600)
+    yield ref, eng, encode
+    eng.close()
+    ref.close()
+    f.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_default_model(default_engines, prompt):
+    ref, eng, encode = default_engines
+    ids = encode(prompt)
+    ref.reset()
+    eng.reset()
+    expect = ref.eval(ids, all_logits=True)  # (T, vocab)
+    got = eng.eval(ids, all_logits=True)
+    assert_logits_close(expect, got, DEFAULT_MODEL_TOLERANCE, f"default model {prompt!r}")
+    agree = expect.argmax(axis=1) == got.argmax(axis=1)
+    assert agree.all(), f"{prompt!r}: top-1 differs at positions {np.flatnonzero(~agree).tolist()}"
+    assert_greedy_equal(ref, eng, ids, 4, DEFAULT_MODEL_TOLERANCE, f"default model {prompt!r}")
+    assert eng.guest.memory_size <= 64 << 20
