@@ -251,16 +251,10 @@ macro_rules! dot_scalar_fn {
         }
     };
 }
-dot_scalar_fn!(dot_q4_0, BlockQ4_0, QK4_0, deq_block_q4_0);
 dot_scalar_fn!(dot_q4_1, BlockQ4_1, QK4_1, deq_block_q4_1);
-dot_scalar_fn!(dot_q5_0, BlockQ5_0, QK5_0, deq_block_q5_0);
 dot_scalar_fn!(dot_q5_1, BlockQ5_1, QK5_1, deq_block_q5_1);
-dot_scalar_fn!(dot_q8_0, BlockQ8_0, QK8_0, deq_block_q8_0);
 dot_scalar_fn!(dot_q2_k, BlockQ2K, QK_K, deq_block_q2_k);
 dot_scalar_fn!(dot_q3_k, BlockQ3K, QK_K, deq_block_q3_k);
-dot_scalar_fn!(dot_q4_k, BlockQ4K, QK_K, deq_block_q4_k);
-dot_scalar_fn!(dot_q5_k, BlockQ5K, QK_K, deq_block_q5_k);
-dot_scalar_fn!(dot_q6_k, BlockQ6K, QK_K, deq_block_q6_k);
 
 /// Scalar twin for f32 rows.
 pub fn dot_f32(row: &[u8], x: &[f32]) -> f32 {
@@ -305,24 +299,6 @@ unsafe fn load(p: *const u8) -> v128 {
 #[inline(always)]
 unsafe fn loadf(p: *const f32) -> v128 {
     v128_load(p as *const v128)
-}
-
-/// 16 signed bytes · 16 floats at `x`, as an f32x4 partial sum.
-#[inline(always)]
-unsafe fn dot_i8x16(q: v128, x: *const f32) -> v128 {
-    let lo = i16x8_extend_low_i8x16(q);
-    let hi = i16x8_extend_high_i8x16(q);
-    let a = f32x4_mul(f32x4_convert_i32x4(i32x4_extend_low_i16x8(lo)), loadf(x));
-    let b = f32x4_mul(f32x4_convert_i32x4(i32x4_extend_high_i16x8(lo)), loadf(x.add(4)));
-    let c = f32x4_mul(f32x4_convert_i32x4(i32x4_extend_low_i16x8(hi)), loadf(x.add(8)));
-    let d = f32x4_mul(f32x4_convert_i32x4(i32x4_extend_high_i16x8(hi)), loadf(x.add(12)));
-    f32x4_add(f32x4_add(a, b), f32x4_add(c, d))
-}
-
-/// Sum of 16 floats at `x` as f32x4.
-#[inline(always)]
-unsafe fn sum_x16(x: *const f32) -> v128 {
-    f32x4_add(f32x4_add(loadf(x), loadf(x.add(4))), f32x4_add(loadf(x.add(8)), loadf(x.add(12))))
 }
 
 /// a · b over n floats (any n) with SIMD128.
@@ -461,44 +437,6 @@ pub fn dot_bf16_simd(row: &[u8], x: &[f32]) -> f32 {
     sum
 }
 
-/// SIMD128 Q8_0: sum_j d_j * (q_j · x_j).
-pub fn dot_q8_0_simd(row: &[u8], x: &[f32]) -> f32 {
-    let blocks = as_blocks::<BlockQ8_0>(row);
-    let nb = blocks.len().min(x.len() / QK8_0);
-    unsafe {
-        let mut acc = f32x4_splat(0.0);
-        for i in 0..nb {
-            let b = &blocks[i];
-            let px = x.as_ptr().add(i * QK8_0);
-            let q = b.qs.as_ptr() as *const u8;
-            let s = f32x4_add(dot_i8x16(load(q), px), dot_i8x16(load(q.add(16)), px.add(16)));
-            acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(f16_to_f32(b.d))));
-        }
-        hsum(acc)
-    }
-}
-
-/// SIMD128 Q4_0.
-pub fn dot_q4_0_simd(row: &[u8], x: &[f32]) -> f32 {
-    let blocks = as_blocks::<BlockQ4_0>(row);
-    let nb = blocks.len().min(x.len() / QK4_0);
-    unsafe {
-        let mut acc = f32x4_splat(0.0);
-        let m4 = u8x16_splat(0x0F);
-        let eight = i8x16_splat(8);
-        for i in 0..nb {
-            let b = &blocks[i];
-            let px = x.as_ptr().add(i * QK4_0);
-            let v = load(b.qs.as_ptr());
-            let lo = i8x16_sub(v128_and(v, m4), eight);
-            let hi = i8x16_sub(u8x16_shr(v, 4), eight);
-            let s = f32x4_add(dot_i8x16(lo, px), dot_i8x16(hi, px.add(16)));
-            acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(f16_to_f32(b.d))));
-        }
-        hsum(acc)
-    }
-}
-
 /// The 5th bits of a Q5 block as two byte masks (0x10 where set) for elements 0..16 and 16..32.
 #[inline(always)]
 unsafe fn q5_high_bits(qh: &[u8; 4]) -> (v128, v128) {
@@ -514,107 +452,294 @@ unsafe fn q5_high_bits(qh: &[u8; 4]) -> (v128, v128) {
     )
 }
 
-/// SIMD128 Q5_0.
-pub fn dot_q5_0_simd(row: &[u8], x: &[f32]) -> f32 {
+// ---------------------------------------------------------------------------------------------
+// Integer path for Q4_0, Q5_0, Q8_0, Q4_K, Q5_K, Q6_K: x is quantized once per matvec to int16 per
+// block of 32 (`XQ`: q = round(x / d), d = max|x| / 32767, relative error <= 2^-16 of the block
+// maximum, far below the f16 KV cache's), so each block is an exact integer dot (i32x4_dot_i16x8)
+// scaled by d_w * d_x. The scalar twins compute the same integer sums.
+
+pub const QKX: usize = 32; // elements per activation block
+
+/// x quantized per block of 32: `q` (cols,), `d` scale and `s` float sum of each block (cols / 32,).
+pub struct XQ<'a> {
+    pub q: &'a [i16],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+}
+
+/// Types whose dot uses `XQ`.
+pub fn uses_xq(t: GgmlType) -> bool {
+    matches!(t, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+}
+
+/// Quantize x (len a multiple of 32) into q, d, s.
+pub fn quantize_x(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
+    for (b, xb) in x.chunks_exact(QKX).enumerate() {
+        let mut amax = 0f32;
+        let mut sum = 0f32;
+        for v in xb {
+            amax = amax.max(v.abs());
+            sum += *v;
+        }
+        let db = amax / 32767.0;
+        let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+        for (qi, v) in q[b * QKX..(b + 1) * QKX].iter_mut().zip(xb) {
+            let r = *v * id;
+            *qi = ((r + if r >= 0.0 { 0.5 } else { -0.5 }) as i32).clamp(-32767, 32767) as i16;
+        }
+        d[b] = db;
+        s[b] = sum;
+    }
+}
+
+/// Σ w[i] * x[i] over n int16 values with SIMD (n a multiple of 8), lanes as i32x4.
+#[inline(always)]
+unsafe fn idot16(w: v128, x: *const i16) -> v128 {
+    i32x4_dot_i16x8(w, v128_load(x as *const v128))
+}
+
+/// 16 signed bytes · 16 int16 at x -> i32x4 partial sums.
+#[inline(always)]
+unsafe fn idot_i8x16(q: v128, x: *const i16) -> v128 {
+    i32x4_add(idot16(i16x8_extend_low_i8x16(q), x), idot16(i16x8_extend_high_i8x16(q), x.add(8)))
+}
+
+#[inline(always)]
+fn isum_scalar(q: impl Iterator<Item = i32>, x: &[i16]) -> i32 {
+    q.zip(x.iter()).map(|(a, b)| a * *b as i32).sum()
+}
+
+/// Scalar twin, Q8_0 · XQ.
+pub fn dot_q8_0(row: &[u8], x: &XQ) -> f32 {
+    let mut sum = 0f32;
+    for (i, b) in as_blocks::<BlockQ8_0>(row).iter().enumerate() {
+        let isum = isum_scalar(b.qs.iter().map(|&q| q as i32), &x.q[i * QK8_0..(i + 1) * QK8_0]);
+        sum += isum as f32 * (f16_to_f32(b.d) * x.d[i]);
+    }
+    sum
+}
+
+/// SIMD128 Q8_0 · XQ.
+pub fn dot_q8_0_simd(row: &[u8], x: &XQ) -> f32 {
+    let blocks = as_blocks::<BlockQ8_0>(row);
+    let nb = blocks.len().min(x.d.len());
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        for i in 0..nb {
+            let b = &blocks[i];
+            let px = x.q.as_ptr().add(i * QK8_0);
+            let q = b.qs.as_ptr() as *const u8;
+            let s = i32x4_add(idot_i8x16(load(q), px), idot_i8x16(load(q.add(16)), px.add(16)));
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(f16_to_f32(b.d) * *x.d.get_unchecked(i))));
+        }
+        hsum(acc)
+    }
+}
+
+/// Scalar twin, Q4_0 · XQ.
+pub fn dot_q4_0(row: &[u8], x: &XQ) -> f32 {
+    let mut sum = 0f32;
+    for (i, b) in as_blocks::<BlockQ4_0>(row).iter().enumerate() {
+        let xq = &x.q[i * QK4_0..(i + 1) * QK4_0];
+        let lo = isum_scalar(b.qs.iter().map(|&q| (q & 0xF) as i32 - 8), &xq[..16]);
+        let hi = isum_scalar(b.qs.iter().map(|&q| (q >> 4) as i32 - 8), &xq[16..]);
+        sum += (lo + hi) as f32 * (f16_to_f32(b.d) * x.d[i]);
+    }
+    sum
+}
+
+/// SIMD128 Q4_0 · XQ.
+pub fn dot_q4_0_simd(row: &[u8], x: &XQ) -> f32 {
+    let blocks = as_blocks::<BlockQ4_0>(row);
+    let nb = blocks.len().min(x.d.len());
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        let m4 = u8x16_splat(0x0F);
+        let eight = i8x16_splat(8);
+        for i in 0..nb {
+            let b = &blocks[i];
+            let px = x.q.as_ptr().add(i * QK4_0);
+            let v = load(b.qs.as_ptr());
+            let lo = i8x16_sub(v128_and(v, m4), eight);
+            let hi = i8x16_sub(u8x16_shr(v, 4), eight);
+            let s = i32x4_add(idot_i8x16(lo, px), idot_i8x16(hi, px.add(16)));
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(f16_to_f32(b.d) * *x.d.get_unchecked(i))));
+        }
+        hsum(acc)
+    }
+}
+
+/// Scalar twin, Q5_0 · XQ.
+pub fn dot_q5_0(row: &[u8], x: &XQ) -> f32 {
+    let mut sum = 0f32;
+    for (i, b) in as_blocks::<BlockQ5_0>(row).iter().enumerate() {
+        let xq = &x.q[i * QK5_0..(i + 1) * QK5_0];
+        let qh = u32::from_le_bytes(b.qh);
+        let lo = isum_scalar((0..16).map(|j| ((b.qs[j] & 0xF) as u32 | ((qh >> j) & 1) << 4) as i32 - 16), &xq[..16]);
+        let hi = isum_scalar((0..16).map(|j| ((b.qs[j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as i32 - 16), &xq[16..]);
+        sum += (lo + hi) as f32 * (f16_to_f32(b.d) * x.d[i]);
+    }
+    sum
+}
+
+/// SIMD128 Q5_0 · XQ.
+pub fn dot_q5_0_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ5_0>(row);
-    let nb = blocks.len().min(x.len() / QK5_0);
+    let nb = blocks.len().min(x.d.len());
     unsafe {
         let mut acc = f32x4_splat(0.0);
         let m4 = u8x16_splat(0x0F);
         let sixteen = i8x16_splat(16);
         for i in 0..nb {
             let b = &blocks[i];
-            let px = x.as_ptr().add(i * QK5_0);
+            let px = x.q.as_ptr().add(i * QK5_0);
             let v = load(b.qs.as_ptr());
             let (h0, h1) = q5_high_bits(&b.qh);
             let lo = i8x16_sub(v128_or(v128_and(v, m4), h0), sixteen);
             let hi = i8x16_sub(v128_or(u8x16_shr(v, 4), h1), sixteen);
-            let s = f32x4_add(dot_i8x16(lo, px), dot_i8x16(hi, px.add(16)));
-            acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(f16_to_f32(b.d))));
+            let s = i32x4_add(idot_i8x16(lo, px), idot_i8x16(hi, px.add(16)));
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(f16_to_f32(b.d) * *x.d.get_unchecked(i))));
         }
         hsum(acc)
     }
 }
 
-/// SIMD128 Q4_K: per group of 32, d*sc*(q·x) - dmin*m*sum(x).
-pub fn dot_q4_k_simd(row: &[u8], x: &[f32]) -> f32 {
+/// Scalar twin, Q4_K · XQ: per group g of 32, d*sc*dx*(q·xq) - dmin*m*sum(x).
+pub fn dot_q4_k(row: &[u8], x: &XQ) -> f32 {
+    let mut sum = 0f32;
+    for (i, b) in as_blocks::<BlockQ4K>(row).iter().enumerate() {
+        let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
+        for j in 0..4 {
+            let qs = &b.qs[32 * j..32 * j + 32];
+            for (k, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
+                let g = i * 8 + k;
+                let (sc, m) = get_scale_min_k4(k, &b.scales);
+                let isum = isum_scalar(qs.iter().map(|&q| ((q >> shift) & 0xF) as i32), &x.q[g * 32..g * 32 + 32]);
+                sum += isum as f32 * (d * sc as f32 * x.d[g]) - dmin * m as f32 * x.s[g];
+            }
+        }
+    }
+    sum
+}
+
+/// SIMD128 Q4_K · XQ.
+pub fn dot_q4_k_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ4K>(row);
-    let nb = blocks.len().min(x.len() / QK_K);
+    let nb = blocks.len().min(x.d.len() / 8);
     unsafe {
         let mut acc = f32x4_splat(0.0);
+        let mut macc = 0f32;
         let m4 = u8x16_splat(0x0F);
         for i in 0..nb {
             let b = &blocks[i];
-            let d = f16_to_f32(b.d);
-            let dmin = f16_to_f32(b.dmin);
-            let px = x.as_ptr().add(i * QK_K);
+            let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
             for j in 0..4 {
-                let (sc1, m1) = get_scale_min_k4(2 * j, &b.scales);
-                let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
                 let q0 = load(b.qs.as_ptr().add(32 * j));
                 let q1 = load(b.qs.as_ptr().add(32 * j + 16));
-                let x1 = px.add(64 * j);
-                let x2 = px.add(64 * j + 32);
-                let s1 = f32x4_add(dot_i8x16(v128_and(q0, m4), x1), dot_i8x16(v128_and(q1, m4), x1.add(16)));
-                let s2 = f32x4_add(dot_i8x16(u8x16_shr(q0, 4), x2), dot_i8x16(u8x16_shr(q1, 4), x2.add(16)));
-                let sx1 = f32x4_add(sum_x16(x1), sum_x16(x1.add(16)));
-                let sx2 = f32x4_add(sum_x16(x2), sum_x16(x2.add(16)));
-                acc = f32x4_add(acc, f32x4_mul(s1, f32x4_splat(d * sc1 as f32)));
-                acc = f32x4_sub(acc, f32x4_mul(sx1, f32x4_splat(dmin * m1 as f32)));
-                acc = f32x4_add(acc, f32x4_mul(s2, f32x4_splat(d * sc2 as f32)));
-                acc = f32x4_sub(acc, f32x4_mul(sx2, f32x4_splat(dmin * m2 as f32)));
+                let g1 = i * 8 + 2 * j;
+                let (sc1, m1) = get_scale_min_k4(2 * j, &b.scales);
+                let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
+                let x1 = x.q.as_ptr().add(g1 * 32);
+                let x2 = x1.add(32);
+                let s1 = i32x4_add(idot_i8x16(v128_and(q0, m4), x1), idot_i8x16(v128_and(q1, m4), x1.add(16)));
+                let s2 = i32x4_add(idot_i8x16(u8x16_shr(q0, 4), x2), idot_i8x16(u8x16_shr(q1, 4), x2.add(16)));
+                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s1), f32x4_splat(d * sc1 as f32 * *x.d.get_unchecked(g1))));
+                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s2), f32x4_splat(d * sc2 as f32 * *x.d.get_unchecked(g1 + 1))));
+                macc += dmin * m1 as f32 * *x.s.get_unchecked(g1) + dmin * m2 as f32 * *x.s.get_unchecked(g1 + 1);
             }
         }
-        hsum(acc)
+        hsum(acc) - macc
     }
 }
 
-/// SIMD128 Q5_K.
-pub fn dot_q5_k_simd(row: &[u8], x: &[f32]) -> f32 {
+/// Scalar twin, Q5_K · XQ.
+pub fn dot_q5_k(row: &[u8], x: &XQ) -> f32 {
+    let mut sum = 0f32;
+    for (i, b) in as_blocks::<BlockQ5K>(row).iter().enumerate() {
+        let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
+        for j in 0..4 {
+            let qs = &b.qs[32 * j..32 * j + 32];
+            for (k, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
+                let g = i * 8 + k;
+                let (sc, m) = get_scale_min_k4(k, &b.scales);
+                let q = (0..32).map(|l| (((qs[l] >> shift) & 0xF) | (((b.qh[l] >> k) & 1) << 4)) as i32);
+                let isum = isum_scalar(q, &x.q[g * 32..g * 32 + 32]);
+                sum += isum as f32 * (d * sc as f32 * x.d[g]) - dmin * m as f32 * x.s[g];
+            }
+        }
+    }
+    sum
+}
+
+/// SIMD128 Q5_K · XQ.
+pub fn dot_q5_k_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ5K>(row);
-    let nb = blocks.len().min(x.len() / QK_K);
+    let nb = blocks.len().min(x.d.len() / 8);
     unsafe {
         let mut acc = f32x4_splat(0.0);
+        let mut macc = 0f32;
         let m4 = u8x16_splat(0x0F);
         let one = u8x16_splat(1);
         for i in 0..nb {
             let b = &blocks[i];
-            let d = f16_to_f32(b.d);
-            let dmin = f16_to_f32(b.dmin);
-            let px = x.as_ptr().add(i * QK_K);
+            let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
             let qh0 = load(b.qh.as_ptr());
             let qh1 = load(b.qh.as_ptr().add(16));
             for j in 0..4 {
-                let (sc1, m1) = get_scale_min_k4(2 * j, &b.scales);
-                let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
                 let q0 = load(b.qs.as_ptr().add(32 * j));
                 let q1 = load(b.qs.as_ptr().add(32 * j + 16));
                 let s1b = 2 * j as u32;
                 let h = |qh: v128, s: u32| i8x16_shl(v128_and(u8x16_shr(qh, s), one), 4);
-                let x1 = px.add(64 * j);
-                let x2 = px.add(64 * j + 32);
+                let g1 = i * 8 + 2 * j;
+                let (sc1, m1) = get_scale_min_k4(2 * j, &b.scales);
+                let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
+                let x1 = x.q.as_ptr().add(g1 * 32);
+                let x2 = x1.add(32);
                 let a0 = v128_or(v128_and(q0, m4), h(qh0, s1b));
                 let a1 = v128_or(v128_and(q1, m4), h(qh1, s1b));
                 let b0 = v128_or(u8x16_shr(q0, 4), h(qh0, s1b + 1));
                 let b1 = v128_or(u8x16_shr(q1, 4), h(qh1, s1b + 1));
-                let s1 = f32x4_add(dot_i8x16(a0, x1), dot_i8x16(a1, x1.add(16)));
-                let s2 = f32x4_add(dot_i8x16(b0, x2), dot_i8x16(b1, x2.add(16)));
-                let sx1 = f32x4_add(sum_x16(x1), sum_x16(x1.add(16)));
-                let sx2 = f32x4_add(sum_x16(x2), sum_x16(x2.add(16)));
-                acc = f32x4_add(acc, f32x4_mul(s1, f32x4_splat(d * sc1 as f32)));
-                acc = f32x4_sub(acc, f32x4_mul(sx1, f32x4_splat(dmin * m1 as f32)));
-                acc = f32x4_add(acc, f32x4_mul(s2, f32x4_splat(d * sc2 as f32)));
-                acc = f32x4_sub(acc, f32x4_mul(sx2, f32x4_splat(dmin * m2 as f32)));
+                let s1 = i32x4_add(idot_i8x16(a0, x1), idot_i8x16(a1, x1.add(16)));
+                let s2 = i32x4_add(idot_i8x16(b0, x2), idot_i8x16(b1, x2.add(16)));
+                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s1), f32x4_splat(d * sc1 as f32 * *x.d.get_unchecked(g1))));
+                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s2), f32x4_splat(d * sc2 as f32 * *x.d.get_unchecked(g1 + 1))));
+                macc += dmin * m1 as f32 * *x.s.get_unchecked(g1) + dmin * m2 as f32 * *x.s.get_unchecked(g1 + 1);
             }
         }
-        hsum(acc)
+        hsum(acc) - macc
     }
 }
 
-/// SIMD128 Q6_K: per group of 16, d*scale*(q·x).
-pub fn dot_q6_k_simd(row: &[u8], x: &[f32]) -> f32 {
+/// Scalar twin, Q6_K · XQ: per group of 16, d*scale*dx*(q·xq).
+pub fn dot_q6_k(row: &[u8], x: &XQ) -> f32 {
+    let mut sum = 0f32;
+    for (i, b) in as_blocks::<BlockQ6K>(row).iter().enumerate() {
+        let d = f16_to_f32(b.d);
+        for h in 0..2 {
+            for g in 0..4 {
+                for half in 0..2 {
+                    let l0 = 16 * half;
+                    let q = (l0..l0 + 16).map(|l| {
+                        let qlb = b.ql[64 * h + l + 32 * (g & 1)];
+                        let low = if g < 2 { qlb & 0xF } else { qlb >> 4 };
+                        let high = (b.qh[32 * h + l] >> (2 * g)) & 3;
+                        (low | (high << 4)) as i32 - 32
+                    });
+                    let e = 128 * h + 32 * g + l0; // element index in the block
+                    let xe = i * QK_K + e;
+                    let isum = isum_scalar(q, &x.q[xe..xe + 16]);
+                    sum += isum as f32 * (d * b.scales[e / 16] as f32 * x.d[xe / 32]);
+                }
+            }
+        }
+    }
+    sum
+}
+
+/// SIMD128 Q6_K · XQ.
+pub fn dot_q6_k_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ6K>(row);
-    let nb = blocks.len().min(x.len() / QK_K);
+    let nb = blocks.len().min(x.d.len() / 8);
     unsafe {
         let mut acc = f32x4_splat(0.0);
         let m4 = u8x16_splat(0x0F);
@@ -623,7 +748,6 @@ pub fn dot_q6_k_simd(row: &[u8], x: &[f32]) -> f32 {
         for i in 0..nb {
             let b = &blocks[i];
             let d = f16_to_f32(b.d);
-            let px = x.as_ptr().add(i * QK_K);
             for h in 0..2 {
                 for l in (0..32).step_by(16) {
                     let qa = load(b.ql.as_ptr().add(64 * h + l));
@@ -637,8 +761,10 @@ pub fn dot_q6_k_simd(row: &[u8], x: &[f32]) -> f32 {
                     ];
                     for g in 0..4 {
                         let e = 128 * h + 32 * g + l;
-                        let s = dot_i8x16(i8x16_sub(q[g], off), px.add(e));
-                        acc = f32x4_add(acc, f32x4_mul(s, f32x4_splat(d * b.scales[e / 16] as f32)));
+                        let xe = i * QK_K + e;
+                        let s = idot_i8x16(i8x16_sub(q[g], off), x.q.as_ptr().add(xe));
+                        let scale = d * b.scales[e / 16] as f32 * *x.d.get_unchecked(xe / 32);
+                        acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(scale)));
                     }
                 }
             }
@@ -650,47 +776,63 @@ pub fn dot_q6_k_simd(row: &[u8], x: &[f32]) -> f32 {
 // ---------------------------------------------------------------------------------------------
 // Dispatch.
 
-/// row · x for one row of type `t` (scalar twin or SIMD128).
+/// row · x for one row of type `t` (scalar twin or SIMD128); `xq` is x quantized (`uses_xq` types).
 #[inline]
-pub fn dot(t: GgmlType, row: &[u8], x: &[f32], simd: bool) -> f32 {
+pub fn dot(t: GgmlType, row: &[u8], x: &[f32], xq: &XQ, simd: bool) -> f32 {
     if simd {
         match t {
             GgmlType::F32 => dot_f32_simd(row, x),
             GgmlType::F16 => dot_f16_simd(row, x),
             GgmlType::BF16 => dot_bf16_simd(row, x),
-            GgmlType::Q4_0 => dot_q4_0_simd(row, x),
+            GgmlType::Q4_0 => dot_q4_0_simd(row, xq),
             GgmlType::Q4_1 => dot_q4_1_simd(row, x),
-            GgmlType::Q5_0 => dot_q5_0_simd(row, x),
+            GgmlType::Q5_0 => dot_q5_0_simd(row, xq),
             GgmlType::Q5_1 => dot_q5_1_simd(row, x),
-            GgmlType::Q8_0 => dot_q8_0_simd(row, x),
+            GgmlType::Q8_0 => dot_q8_0_simd(row, xq),
             GgmlType::Q2_K => dot_q2_k_simd(row, x),
             GgmlType::Q3_K => dot_q3_k_simd(row, x),
-            GgmlType::Q4_K => dot_q4_k_simd(row, x),
-            GgmlType::Q5_K => dot_q5_k_simd(row, x),
-            GgmlType::Q6_K => dot_q6_k_simd(row, x),
+            GgmlType::Q4_K => dot_q4_k_simd(row, xq),
+            GgmlType::Q5_K => dot_q5_k_simd(row, xq),
+            GgmlType::Q6_K => dot_q6_k_simd(row, xq),
         }
     } else {
         match t {
             GgmlType::F32 => dot_f32(row, x),
             GgmlType::F16 => dot_f16(row, x),
             GgmlType::BF16 => dot_bf16(row, x),
-            GgmlType::Q4_0 => dot_q4_0(row, x),
+            GgmlType::Q4_0 => dot_q4_0(row, xq),
             GgmlType::Q4_1 => dot_q4_1(row, x),
-            GgmlType::Q5_0 => dot_q5_0(row, x),
+            GgmlType::Q5_0 => dot_q5_0(row, xq),
             GgmlType::Q5_1 => dot_q5_1(row, x),
-            GgmlType::Q8_0 => dot_q8_0(row, x),
+            GgmlType::Q8_0 => dot_q8_0(row, xq),
             GgmlType::Q2_K => dot_q2_k(row, x),
             GgmlType::Q3_K => dot_q3_k(row, x),
-            GgmlType::Q4_K => dot_q4_k(row, x),
-            GgmlType::Q5_K => dot_q5_k(row, x),
-            GgmlType::Q6_K => dot_q6_k(row, x),
+            GgmlType::Q4_K => dot_q4_k(row, xq),
+            GgmlType::Q5_K => dot_q5_k(row, xq),
+            GgmlType::Q6_K => dot_q6_k(row, xq),
         }
     }
 }
 
+/// Scratch for `XQ`, sized for `max_cols` columns.
+pub struct XQBuf {
+    pub q: Vec<i16>, // (max_cols,)
+    pub d: Vec<f32>, // (max_cols / 32,)
+    pub s: Vec<f32>, // (max_cols / 32,)
+}
+
+impl XQBuf {
+    /// Quantize x (cols a multiple of 32) and view it.
+    pub fn quantize(&mut self, x: &[f32]) -> XQ {
+        let nb = x.len() / QKX;
+        quantize_x(x, &mut self.q[..nb * QKX], &mut self.d[..nb], &mut self.s[..nb]);
+        XQ { q: &self.q[..nb * QKX], d: &self.d[..nb], s: &self.s[..nb] }
+    }
+}
+
 /// out[t * out_stride + r] = w[r] · x[t] for rows r of `w` (rows × row_bytes) and tokens t < nt;
-/// x is (nt, cols). With several tokens each row is dequantized once into `tmp` (>= cols floats)
-/// and reused for every token.
+/// x is (nt, cols). One token: fused dots (x quantized once for `uses_xq` types). Several tokens:
+/// each row is dequantized once into `tmp` (>= cols floats) and reused for every token.
 pub fn matmul(
     t: GgmlType,
     w: &[u8],
@@ -701,11 +843,14 @@ pub fn matmul(
     out: &mut [f32],
     out_stride: usize,
     tmp: &mut [f32],
+    xqb: &mut XQBuf,
 ) {
     let row_bytes = w.len() / rows.max(1);
     if nt == 1 {
+        let x = &x[..cols];
+        let xq = if uses_xq(t) { xqb.quantize(x) } else { XQ { q: &[], d: &[], s: &[] } };
         for r in 0..rows {
-            out[r] = dot(t, &w[r * row_bytes..(r + 1) * row_bytes], &x[..cols], true);
+            out[r] = dot(t, &w[r * row_bytes..(r + 1) * row_bytes], x, &xq, true);
         }
         return;
     }

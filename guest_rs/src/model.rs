@@ -9,7 +9,7 @@
 
 use crate::abi::*;
 use crate::host;
-use crate::kernels;
+use crate::kernels::{self, XQBuf};
 use crate::quants::{f32_to_f16, GgmlType};
 use crate::sample;
 use core::arch::wasm32::memory_size;
@@ -261,7 +261,8 @@ fn fetch(model_id: i64, handle: i32, offset: usize, out: &mut [u8]) -> Res<()> {
 
 impl Weights {
     /// out[t * out_stride + r] = m[r] · x[t] for t < nt (x is (nt, m.cols)).
-    fn matmul(&mut self, m: &Matrix, x: &[f32], nt: usize, out: &mut [f32], out_stride: usize, tmp: &mut [f32]) -> Res<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(&mut self, m: &Matrix, x: &[f32], nt: usize, out: &mut [f32], out_stride: usize, tmp: &mut [f32], xqb: &mut XQBuf) -> Res<()> {
         if let Some(s) = m.slot {
             let slot = &mut self.cache[s];
             if !slot.loaded {
@@ -272,7 +273,7 @@ impl Weights {
             } else {
                 stats().cache_hits += 1;
             }
-            kernels::matmul(m.ggml_type, &slot.data, m.rows, m.cols, x, nt, out, out_stride, tmp);
+            kernels::matmul(m.ggml_type, &slot.data, m.rows, m.cols, x, nt, out, out_stride, tmp, xqb);
             return Ok(());
         }
         stats().cache_misses += 1;
@@ -282,7 +283,7 @@ impl Weights {
             let n = rows_per_chunk.min(m.rows - r0);
             let buf = &mut self.chunk[..n * m.row_bytes];
             fetch(self.model_id, m.handle, r0 * m.row_bytes, buf)?;
-            kernels::matmul(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r0..], out_stride, tmp);
+            kernels::matmul(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r0..], out_stride, tmp, xqb);
             r0 += n;
         }
         Ok(())
@@ -333,6 +334,7 @@ struct Acts {
     hb2: Vec<f32>,    // (n_batch, hidden_dim)
     att: Vec<f32>,    // (n_ctx,) scores of one head
     tmp: Vec<f32>,    // (max cols,) a dequantized row
+    xq: XQBuf,        // x quantized per block of 32 for the integer kernels
     rope: Vec<f32>,   // (2, n_batch, rope_dim / 2, 2) cos, sin for global (0) and local (1) layers
     embd: Vec<u8>,    // (n_batch, token_embd row_bytes)
     reqs: Vec<ReadReq>, // (n_batch,)
@@ -480,6 +482,11 @@ impl Engine {
             hb2: try_vec(n_batch * hidden, 0f32, budget)?,
             att: try_vec(n_ctx, 0f32, budget)?,
             tmp: try_vec(max_cols, 0f32, budget)?,
+            xq: XQBuf {
+                q: try_vec(max_cols, 0i16, budget)?,
+                d: try_vec(max_cols / kernels::QKX + 1, 0f32, budget)?,
+                s: try_vec(max_cols / kernels::QKX + 1, 0f32, budget)?,
+            },
             rope: try_vec(2 * n_batch * cfg.rope_dim, 0f32, budget)?,
             embd: try_vec(n_batch * token_embd.row_bytes, 0u8, budget)?,
             reqs: try_vec(n_batch, ReadReq::default(), budget)?,
@@ -631,9 +638,9 @@ impl Engine {
             for t in 0..nt {
                 rmsnorm(&mut a.xb[t * dim..(t + 1) * dim], &a.x[t * dim..(t + 1) * dim], &layer.attn_norm, cfg.norm_eps);
             }
-            w.matmul(&layer.attn_q, &a.xb, nt, &mut a.q, q_dim, &mut a.tmp)?;
-            w.matmul(&layer.attn_k, &a.xb, nt, &mut a.k, kv_dim, &mut a.tmp)?;
-            w.matmul(&layer.attn_v, &a.xb, nt, &mut a.v, kv_dim, &mut a.tmp)?;
+            w.matmul(&layer.attn_q, &a.xb, nt, &mut a.q, q_dim, &mut a.tmp, &mut a.xq)?;
+            w.matmul(&layer.attn_k, &a.xb, nt, &mut a.k, kv_dim, &mut a.tmp, &mut a.xq)?;
+            w.matmul(&layer.attn_v, &a.xb, nt, &mut a.v, kv_dim, &mut a.tmp, &mut a.xq)?;
             let kind = if layer.sliding { 1 } else { 0 };
             for t in 0..nt {
                 let pos = pos0 + t;
@@ -668,7 +675,7 @@ impl Engine {
                 let out = &mut a.xb2[t * q_dim..(t + 1) * q_dim];
                 attention(&cfg, layer, q, out, &mut a.att, lo, pos);
             }
-            w.matmul(&layer.attn_output, &a.xb2, nt, &mut a.xb, dim, &mut a.tmp)?;
+            w.matmul(&layer.attn_output, &a.xb2, nt, &mut a.xb, dim, &mut a.tmp, &mut a.xq)?;
             for t in 0..nt {
                 let xb = &mut a.xb[t * dim..(t + 1) * dim];
                 if cfg.post_norms {
@@ -682,12 +689,12 @@ impl Engine {
             for t in 0..nt {
                 rmsnorm(&mut a.xb[t * dim..(t + 1) * dim], &a.x[t * dim..(t + 1) * dim], &layer.ffn_norm, cfg.norm_eps);
             }
-            w.matmul(&layer.ffn_gate, &a.xb, nt, &mut a.hb, hidden, &mut a.tmp)?;
-            w.matmul(&layer.ffn_up, &a.xb, nt, &mut a.hb2, hidden, &mut a.tmp)?;
+            w.matmul(&layer.ffn_gate, &a.xb, nt, &mut a.hb, hidden, &mut a.tmp, &mut a.xq)?;
+            w.matmul(&layer.ffn_up, &a.xb, nt, &mut a.hb2, hidden, &mut a.tmp, &mut a.xq)?;
             for (g, u) in a.hb[..nt * hidden].iter_mut().zip(a.hb2.iter()) {
                 *g = activation(cfg.activation, *g) * *u;
             }
-            w.matmul(&layer.ffn_down, &a.hb, nt, &mut a.xb, dim, &mut a.tmp)?;
+            w.matmul(&layer.ffn_down, &a.hb, nt, &mut a.xb, dim, &mut a.tmp, &mut a.xq)?;
             for t in 0..nt {
                 let xb = &mut a.xb[t * dim..(t + 1) * dim];
                 if cfg.post_norms {
@@ -706,12 +713,12 @@ impl Engine {
             }
             let vocab = cfg.vocab_size;
             let out = &mut self.all_logits[row0 * vocab..(row0 + nt) * vocab];
-            self.w.matmul(&self.output, &self.a.xb, nt, out, vocab, &mut self.a.tmp)?;
+            self.w.matmul(&self.output, &self.a.xb, nt, out, vocab, &mut self.a.tmp, &mut self.a.xq)?;
             softcap(out, cfg.final_logit_softcap);
         } else if last {
             let t = nt - 1;
             rmsnorm(&mut self.a.xb[..dim], &self.a.x[t * dim..(t + 1) * dim], &self.output_norm, cfg.norm_eps);
-            self.w.matmul(&self.output, &self.a.xb[..dim], 1, &mut self.logits, cfg.vocab_size, &mut self.a.tmp)?;
+            self.w.matmul(&self.output, &self.a.xb[..dim], 1, &mut self.logits, cfg.vocab_size, &mut self.a.tmp, &mut self.a.xq)?;
             softcap(&mut self.logits, cfg.final_logit_softcap);
         }
         Ok(())
@@ -1009,8 +1016,11 @@ pub fn debug_matvec(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32
     let w = unsafe { core::slice::from_raw_parts(w as *const u8, rows * rb) };
     let x = unsafe { core::slice::from_raw_parts(x as *const f32, cols) };
     let out = unsafe { core::slice::from_raw_parts_mut(out as *mut f32, rows) };
+    let nb = if kernels::uses_xq(t) { cols / kernels::QKX } else { 0 };
+    let mut xqb = XQBuf { q: vec![0; nb * kernels::QKX], d: vec![0.0; nb], s: vec![0.0; nb] };
+    let xq = xqb.quantize(&x[..nb * kernels::QKX]);
     for r in 0..rows {
-        out[r] = kernels::dot(t, &w[r * rb..(r + 1) * rb], x, simd != 0);
+        out[r] = kernels::dot(t, &w[r * rb..(r + 1) * rb], x, &xq, simd != 0);
     }
     0
 }
