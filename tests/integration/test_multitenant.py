@@ -1,0 +1,151 @@
+"""Many guests, one stored model: 8 wasm engines in threads share one copy of the weights.
+
+Each guest's outputs must equal a single-guest run bit for bit (no cross-talk through the store),
+the store must hold one copy, and each guest's linear memory (read from wasmtime, not RSS) must
+stay within its 64 MiB budget.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from realm.config import ModelConfig
+from realm.gguf import GGUFFile
+from realm.host.runtime import default_guest_path
+from realm.quants import GGMLType
+
+pytest.importorskip("gguf")
+if not default_guest_path().exists():
+    pytest.skip("the guest realm/guest/realm_guest.wasm is not built yet", allow_module_level=True)
+
+from realm.engines.wasm import WasmEngine  # noqa: E402
+from realm.host.store import ModelStore  # noqa: E402
+from synth import kquant_dims, make_model  # noqa: E402
+
+N_GUESTS = 8
+BUDGET = 64 << 20
+PROMPTS = [[1, 5, 9, 100, 200, 7], [1, 42, 43, 44], [1, 250, 3, 3, 3, 3, 3, 8]]
+N_STEPS = 6
+
+
+def run(engine, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
+    """Greedy continuation; returns the tokens and the logits of every step (n, vocab)."""
+    engine.reset()
+    logits = engine.eval(prompt)
+    tokens, steps = [], []
+    for _ in range(n):
+        steps.append(logits)
+        tokens.append(int(logits.argmax()))
+        logits = engine.eval([tokens[-1]])
+    return tokens, np.stack(steps)
+
+
+def run_tenants(gguf_file, config, store: ModelStore, prompts, n_steps: int, n_ctx: int = 64):
+    engines = [WasmEngine(gguf_file, config, n_ctx=n_ctx, memory_budget=BUDGET, store=store, timeout=600)
+               for _ in range(len(prompts))]
+    results: list = [None] * len(prompts)
+    errors: list = []
+    start = threading.Barrier(len(prompts))
+
+    def work(i: int) -> None:
+        try:
+            start.wait()
+            results[i] = run(engines[i], prompts[i], n_steps)
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return engines, results, errors
+
+
+@pytest.fixture(scope="module")
+def synth_model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("tenants") / "g.gguf", arch="gemma3", qtype=GGMLType.Q4_K,
+                      seed=4, **kquant_dims())
+
+
+def test_eight_guests_share_one_copy(synth_model):
+    store = ModelStore()
+    with GGUFFile(synth_model) as f:
+        config = ModelConfig.from_gguf(f)
+        expect = {}
+        for k, prompt in enumerate(PROMPTS):
+            single = WasmEngine(f, config, n_ctx=64, memory_budget=BUDGET, store=ModelStore())
+            expect[k] = run(single, prompt, N_STEPS)
+            single.close()
+
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(N_GUESTS)]
+        engines, results, errors = run_tenants(f, config, store, prompts, N_STEPS)
+        try:
+            assert not errors, errors
+            stats = store.stats()
+            assert stats["n_copies"] == 1, stats
+            assert stats["mapped_bytes"] == synth_model.stat().st_size
+            (mid,) = stats["models"]
+            assert len(store.holders(mid)) == N_GUESTS
+            for i, (tokens, logits) in enumerate(results):
+                e_tokens, e_logits = expect[i % len(PROMPTS)]
+                assert tokens == e_tokens, f"guest {i}: tokens differ from a single run"
+                np.testing.assert_array_equal(logits, e_logits, err_msg=f"guest {i}: logits differ")
+            for eng in engines:
+                assert eng.guest.memory_size <= BUDGET
+                assert eng.stats()["peak_memory"] <= BUDGET
+            assert {e.model_id for e in engines} == {mid}
+            served = stats["models"][mid]["bytes_served"]
+            assert served == sum(store.holder_stats(e.guest.holder)["bytes_read"] for e in engines)
+        finally:
+            for eng in engines:
+                eng.close()
+    assert store.stats()["n_copies"] == 0  # unpinned: gone with the last guest
+
+
+def test_a_closed_tenant_does_not_disturb_the_others(synth_model):
+    store = ModelStore()
+    with GGUFFile(synth_model) as f:
+        config = ModelConfig.from_gguf(f)
+        a = WasmEngine(f, config, n_ctx=32, store=store)
+        b = WasmEngine(f, config, n_ctx=32, store=store)
+        expect = run(b, PROMPTS[0], 3)
+        a.eval(PROMPTS[1])
+        a.close()
+        got = run(b, PROMPTS[0], 3)
+        assert got[0] == expect[0]
+        np.testing.assert_array_equal(got[1], expect[1])
+        assert store.stats()["n_copies"] == 1
+        b.close()
+        assert store.stats()["n_copies"] == 0
+
+
+@pytest.mark.slow
+def test_default_model_tenants(default_model):
+    """Four guests on the default model in threads, each within 64 MiB, one stored copy."""
+    from realm.tokenizer import Tokenizer
+
+    store = ModelStore()
+    with GGUFFile(default_model) as f:
+        config = ModelConfig.from_gguf(f)
+        encode = Tokenizer.from_gguf(f).encode
+        prompts = [encode("What is the capital of France?"), encode("The quick brown fox")] * 2
+        single = WasmEngine(f, config, n_ctx=64, memory_budget=BUDGET, store=store)
+        expect = [run(single, p, 2) for p in prompts[:2]]
+        single.close()
+        engines, results, errors = run_tenants(f, config, store, prompts, 2)
+        try:
+            assert not errors, errors
+            assert store.stats()["n_copies"] == 1
+            assert store.stats()["mapped_bytes"] == default_model.stat().st_size
+            for i, (tokens, logits) in enumerate(results):
+                assert tokens == expect[i % 2][0]
+                np.testing.assert_array_equal(logits, expect[i % 2][1])
+            for eng in engines:
+                assert eng.guest.memory_size <= BUDGET
+        finally:
+            for eng in engines:
+                eng.close()
