@@ -5,7 +5,9 @@
 Lines: {"bench": "memory", ...} (large np.copyto, GB/s), {"bench": "compile", ...} (warmup seconds;
 --cold compiles into an empty Numba cache), then one {"bench": "dequant", ...} per (type, threads):
 input GB/s (quantized bytes read per second), output GB/s (float32 bytes written), ns per element,
-and the NumPy reference's input GB/s for scale.
+CPU time of the best run (all threads; output GB per CPU-second is steadier on a busy machine),
+np.copyto GB/s re-measured right after (the machine may be shared) with the ratio output/copy, and
+the NumPy reference's input GB/s for scale.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ def emit(**record) -> None:
     print(json.dumps(record), flush=True)
 
 
-def best_seconds(fn, repeat: int) -> float:
-    best = float("inf")
+def best_seconds(fn, repeat: int, cpu: bool = False):
+    """Best wall time of `repeat` calls; with cpu=True also the best process CPU time (all threads)."""
+    best, best_cpu = float("inf"), float("inf")
     for _ in range(repeat):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
-    return best
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return (best, best_cpu) if cpu else best
 
 
 def memory_bandwidth(np, n_bytes: int, repeat: int) -> dict:
@@ -102,11 +107,14 @@ def main() -> None:
         ref_s = best_seconds(lambda: dequantize_ref(blocks[:nb_ref], t), 1)
         for k in threads:
             numba.set_num_threads(min(k, numba.config.NUMBA_NUM_THREADS))
-            s = best_seconds(lambda: dequantize(blocks, t, out=out), args.repeat)
+            s, cpu_s = best_seconds(lambda: dequantize(blocks, t, out=out), args.repeat, cpu=True)
+            copy_now = memory_bandwidth(np, 64 << 20, args.repeat)["copy_GBps"]  # the machine is shared: re-measure
             emit(bench="dequant", type=t.name, threads=numba.get_num_threads(), in_mb=round(blocks.nbytes / 2**20, 1),
                  out_mb=round(out.nbytes / 2**20, 1), ms=round(s * 1e3, 2),
                  in_GBps=round(blocks.nbytes / s / 1e9, 3), out_GBps=round(out.nbytes / s / 1e9, 3),
-                 ns_per_element=round(s / n * 1e9, 3),
+                 ns_per_element=round(s / n * 1e9, 3), cpu_ms=round(cpu_s * 1e3, 2),
+                 out_GB_per_cpu_s=round(out.nbytes / cpu_s / 1e9, 3), copy_GBps_now=round(copy_now, 3),
+                 out_vs_copy=round(out.nbytes / s / 1e9 / copy_now, 3),
                  numpy_ref_in_GBps=round(nb_ref * layout.type_size / ref_s / 1e9, 3))
 
 
