@@ -414,3 +414,63 @@ def test_default_model_matches_reader(default_model):
             GGMLType.F32, GGMLType.Q8_0, GGMLType.Q5_0, GGMLType.Q4_K, GGMLType.Q6_K}
         last = max(ours.tensors.values(), key=lambda t: t.offset)
         assert last.offset + last.n_bytes <= ours.file_size
+
+
+# -- realm.info ---------------------------------------------------------------------------------------
+
+def test_info_summary_of_synthetic_model(synthetic):
+    import json
+
+    from realm.info import format_summary, summarize
+
+    reader = gguf_reader(synthetic)
+    with GGUFFile(synthetic) as g:
+        s = summarize(g)
+    json.dumps(s)  # plain data
+    assert s["path"] == str(synthetic) and s["file_size"] == synthetic.stat().st_size and s["version"] == 3
+    assert s["architecture"] == "llama" and s["name"] is None
+    assert s["n_parameters"] == sum(int(t.n_elements) for t in reader.tensors)
+    expected: dict[str, dict[str, int]] = {}
+    for t in reader.tensors:
+        q = expected.setdefault(gguf.GGMLQuantizationType(int(t.tensor_type)).name, {"tensors": 0, "bytes": 0})
+        q["tensors"] += 1
+        q["bytes"] += int(t.n_bytes)
+    assert s["quantization"] == expected
+    assert [t["name"] for t in s["tensors"]] == [t.name for t in reader.tensors]
+    assert s["tensors"][-1] == {"name": "blk.0.attn_q.weight", "type": "Q4_K", "shape": [256, 256], "n_bytes": 256 * 144}
+    for key in ("context_length", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "tokenizer"):
+        assert s[key] is None, key
+    text = format_summary(s, show_tensors=True)
+    assert "blk.0.attn_q.weight" in text and "Q4_K" in text and "256x256" in text
+    lines = text.splitlines()
+    value_columns = {line.index("llama") for line in lines if line.startswith("architecture")}
+    assert value_columns == {len("feed-forward length") + 2}
+    assert "blk.0.attn_q.weight" not in format_summary(s, show_tensors=False)
+
+
+def test_info_summary_of_vocab_file(vocab):
+    from realm.info import format_summary, summarize
+
+    path = vocab / "ggml-vocab-llama-spm.gguf"
+    with GGUFFile(path) as g:
+        s = summarize(g)
+    assert s["architecture"] == "llama" and s["tokenizer"] == "llama"
+    assert s["vocab_size"] == 32000 and s["n_layers"] == 32 and s["dim"] == 4096
+    assert s["n_parameters"] == 0 and s["tensors"] == [] and s["quantization"] == {}
+    assert "vocab size" in format_summary(s, show_tensors=True)
+
+
+def test_info_summary_of_incomplete_file():
+    from realm.info import format_summary, summarize
+
+    kvs = [_kv("general.architecture", 8, struct.pack("<Q", 5) + b"llama"),
+           _kv("llama.block_count", 8, struct.pack("<Q", 2) + b"12"),  # wrong type: a string
+           _kv("llama.attention.head_count", 9, struct.pack("<IQ", 4, 3) + struct.pack("<3I", 8, 8, 8)),
+           _kv("llama.attention.head_count_kv", 9, struct.pack("<IQ", 4, 2) + struct.pack("<2I", 2, 4))]
+    raw = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs)
+    s = summarize(GGUFFile(raw))
+    assert s["path"] is None and s["architecture"] == "llama"
+    assert s["n_layers"] is None and s["n_heads"] == 8 and s["n_kv_heads"] == [2, 4]
+    assert s["context_length"] is None and s["vocab_size"] is None and s["tokenizer"] is None
+    text = format_summary(s, show_tensors=True)
+    assert "<in-memory image>" in text and "2,4" in text
