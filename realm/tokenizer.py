@@ -254,7 +254,8 @@ class Tokenizer:
         if scores is None:
             scores = np.zeros(n, np.float32)
         scores = np.where(np.isnan(scores), np.float32(-np.inf), scores)  # NaN would make merge order undefined
-        self._scores: list[float] = scores.tolist()  # python floats: fast scalar access in the merge loop
+        # SPM merges only compare scores: rank them, 0 = highest, equal scores equal ranks
+        self._score_rank: list[int] = np.unique(-scores, return_inverse=True)[1].reshape(-1).tolist()
 
         types = _numeric_array(md, KEYS["token_type"], n, np.int64)
         if types is None:
@@ -516,7 +517,7 @@ class Tokenizer:
         """SPM merge of one escaped fragment: start from characters, repeatedly merge the adjacent pair
         whose concatenation is a vocabulary token with the highest score (ties: leftmost), then map each
         symbol to its token or to byte-fallback tokens."""
-        vocab, scores = self._token_to_id, self._scores
+        vocab, rank = self._token_to_id, self._score_rank
         sym = list(text)  # symbol texts; a merged-away symbol becomes ""
         n = len(sym)
         if n == 0:
@@ -524,19 +525,23 @@ class Tokenizer:
         nxt = list(range(1, n + 1))
         nxt[-1] = -1
         prv = list(range(-1, n - 1))
-        heap: list[tuple[float, int, int, int]] = []  # (-score, left, right, merged length)
+        # queue key: score rank (0 = best), then left index, then merged length, packed in one int
+        # (ints compare much faster than tuples); the right symbol is nxt[left] when the key pops
+        heap: list[int] = []
         for i in range(n - 1):
             tid = vocab.get(sym[i] + sym[i + 1])
             if tid is not None:
-                heap.append((-scores[tid], i, i + 1, 2))
+                heap.append(rank[tid] << 64 | i << 32 | 2)
         heapq.heapify(heap)
         pop, push = heapq.heappop, heapq.heappush
         while heap:
-            _, left, right, size = pop(heap)
-            ls, rs = sym[left], sym[right]
-            if not ls or not rs or len(ls) + len(rs) != size:
+            key = pop(heap)
+            left, size = key >> 32 & 0xFFFFFFFF, key & 0xFFFFFFFF
+            right = nxt[left]
+            ls = sym[left]
+            if not ls or right < 0 or len(ls) + len(sym[right]) != size:
                 continue  # stale: one side was merged since this pair was queued
-            sym[left] = merged = ls + rs
+            sym[left] = merged = ls + sym[right]
             sym[right] = ""
             nr = nxt[left] = nxt[right]
             if nr >= 0:
@@ -546,12 +551,12 @@ class Tokenizer:
                 s = sym[pl] + merged
                 tid = vocab.get(s)
                 if tid is not None:
-                    push(heap, (-scores[tid], pl, left, len(s)))
+                    push(heap, rank[tid] << 64 | pl << 32 | len(s))
             if nr >= 0:
                 s = merged + sym[nr]
                 tid = vocab.get(s)
                 if tid is not None:
-                    push(heap, (-scores[tid], left, nr, len(s)))
+                    push(heap, rank[tid] << 64 | left << 32 | len(s))
         i = 0
         while i >= 0:
             s = sym[i]
