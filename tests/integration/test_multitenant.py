@@ -149,3 +149,22 @@ def test_default_model_tenants(default_model):
         finally:
             for eng in engines:
                 eng.close()
+
+
+def test_budget_too_small_for_the_context_is_a_clear_error(synth_model):
+    from realm.errors import GuestError
+
+    with GGUFFile(synth_model) as f:
+        config = ModelConfig.from_gguf(f)
+        store = ModelStore()
+        with pytest.raises(GuestError, match="--memory-budget"):
+            WasmEngine(f, config, n_ctx=100_000, memory_budget=2 << 20, store=store)
+        assert store.stats()["n_copies"] == 0  # the failed guest let its reference go
+        eng = WasmEngine(f, config, n_ctx=32, memory_budget=4 << 20, store=store)  # a short context fits
+        assert eng.eval(PROMPTS[0]).shape == (config.vocab_size,)
+        assert eng.guest.memory_size <= 4 << 20
+        with pytest.raises(GuestError, match="context"):
+            eng.eval([1] * 40)
+        with pytest.raises(GuestError, match="vocabulary"):
+            eng.eval([config.vocab_size])
+        eng.close()
