@@ -24,6 +24,7 @@ from realm.kernels.matvec import get_rows, matmul, matvec
 from realm.quants import GGMLType, require_supported
 
 Matrix = tuple[np.ndarray, GGMLType]  # (rows uint8 (rows, row_bytes) read-only view, type)
+_PARALLEL_ATTENTION_WORK = 1 << 20  # T * n_keys * n_heads * head_dim above which heads go parallel
 
 
 @dataclass
@@ -33,14 +34,14 @@ class Layer:
     attn_k: Matrix  # (kv_dim, dim)
     attn_v: Matrix  # (kv_dim, dim)
     attn_output: Matrix  # (dim, q_dim)
-    attn_q_norm: np.ndarray | None  # (head_dim,)
-    attn_k_norm: np.ndarray | None  # (head_dim,)
-    post_attention_norm: np.ndarray | None  # (dim,)
+    attn_q_norm: np.ndarray  # (head_dim,), unused (ones) unless config.qk_norm
+    attn_k_norm: np.ndarray  # (head_dim,)
+    post_attention_norm: np.ndarray  # (dim,), unused (ones) unless config.post_norms
     ffn_norm: np.ndarray  # (dim,)
     ffn_gate: Matrix  # (hidden_dim, dim)
     ffn_up: Matrix  # (hidden_dim, dim)
     ffn_down: Matrix  # (dim, hidden_dim)
-    post_ffw_norm: np.ndarray | None  # (dim,)
+    post_ffw_norm: np.ndarray  # (dim,)
     window: int  # sliding window of this layer, 0 = global
     rope_slot: int  # index into the per-eval cos/sin tables: 0 global, 1 sliding
 
@@ -98,6 +99,8 @@ class NumbaEngine:
         self.token_embd = mat("token_embd.weight")  # (vocab, dim)
         self.output = self.token_embd if c.tied_output else mat("output.weight")  # (vocab, dim)
         self.output_norm = vec("output_norm.weight")  # (dim,)
+        ones_hd = np.ones(c.head_dim, np.float32)  # (head_dim,) stand-in for absent q/k norms
+        ones_dim = np.ones(c.dim, np.float32)  # (dim,) stand-in for absent post norms
         self.layers: list[Layer] = []
         for il in range(c.n_layers):
             b = f"blk.{il}."
@@ -106,12 +109,12 @@ class NumbaEngine:
                 attn_norm=vec(b + "attn_norm.weight"), attn_q=mat(b + "attn_q.weight"),
                 attn_k=mat(b + "attn_k.weight"), attn_v=mat(b + "attn_v.weight"),
                 attn_output=mat(b + "attn_output.weight"),
-                attn_q_norm=vec(b + "attn_q_norm.weight") if c.qk_norm else None,
-                attn_k_norm=vec(b + "attn_k_norm.weight") if c.qk_norm else None,
-                post_attention_norm=vec(b + "post_attention_norm.weight") if c.post_norms else None,
+                attn_q_norm=vec(b + "attn_q_norm.weight") if c.qk_norm else ones_hd,
+                attn_k_norm=vec(b + "attn_k_norm.weight") if c.qk_norm else ones_hd,
+                post_attention_norm=vec(b + "post_attention_norm.weight") if c.post_norms else ones_dim,
                 ffn_norm=vec(b + "ffn_norm.weight"), ffn_gate=mat(b + "ffn_gate.weight"),
                 ffn_up=mat(b + "ffn_up.weight"), ffn_down=mat(b + "ffn_down.weight"),
-                post_ffw_norm=vec(b + "post_ffw_norm.weight") if c.post_norms else None,
+                post_ffw_norm=vec(b + "post_ffw_norm.weight") if c.post_norms else ones_dim,
                 window=c.sliding_window if sliding else 0, rope_slot=1 if sliding else 0,
             ))
         # Tied output is read twice per token (one embedding row, then all rows): count it once more.
@@ -183,37 +186,29 @@ class NumbaEngine:
         q3 = B.q.reshape(T, c.n_heads, c.head_dim)  # (T, n_heads, hd)
         k3 = B.k.reshape(T, c.n_kv_heads, c.head_dim)  # (T, n_kv, hd)
         v3 = B.v.reshape(T, c.n_kv_heads, c.head_dim)
-        q_rows = B.q.reshape(T * c.n_heads, c.head_dim)  # per-head rows for qk norm
-        k_rows = B.k.reshape(T * c.n_kv_heads, c.head_dim)
         heads3 = B.heads.reshape(T, c.n_heads, c.head_dim)
+        hb, hb2 = B.hb.reshape(-1), B.hb2.reshape(-1)  # (T * hidden_dim,)
+        # Heads over threads only when the attention work outweighs a parallel launch.
+        work = T * (pos0 + T) * c.n_heads * c.head_dim
+        attention = ops.attention_parallel if self.threads > 1 and work >= _PARALLEL_ATTENTION_WORK else ops.attention
         eps = c.norm_eps
         ops.rmsnorm(B.x, self.layers[0].attn_norm, eps, B.xb)
         for il, L in enumerate(self.layers):
             self._linear(L.attn_q, B.xb, B.q)
             self._linear(L.attn_k, B.xb, B.k)
             self._linear(L.attn_v, B.xb, B.v)
-            if L.attn_q_norm is not None:
-                ops.rmsnorm(q_rows, L.attn_q_norm, eps, q_rows)
-                ops.rmsnorm(k_rows, L.attn_k_norm, eps, k_rows)
-            cos, sin = B.cos[L.rope_slot], B.sin[L.rope_slot]
-            ops.rope(q3, cos, sin, c.rope_style)
-            ops.rope(k3, cos, sin, c.rope_style)
             kc, vc = self.key_cache[il], self.value_cache[il]  # (n_kv, n_ctx, hd)
-            kc[:, pos0:pos0 + T] = k3.transpose(1, 0, 2)
-            vc[:, pos0:pos0 + T] = v3.transpose(1, 0, 2)
-            ops.attention(q3, kc, vc, pos0, c.attn_scale, L.window, self.att, heads3)
+            ops.qk_rope_store(q3, k3, v3, L.attn_q_norm, L.attn_k_norm, c.qk_norm, eps,
+                              B.cos[L.rope_slot], B.sin[L.rope_slot], c.rope_style, kc, vc, pos0)
+            attention(q3, kc, vc, pos0, c.attn_scale, L.window, self.att, heads3)
             self._linear(L.attn_output, B.heads, B.out)
-            if L.post_attention_norm is not None:
-                ops.rmsnorm(B.out, L.post_attention_norm, eps, B.out)
-            ops.add_rmsnorm(B.x, B.out, L.ffn_norm, eps, B.xb)  # x += attn; xb = norm(x)
+            ops.residual_norm(B.x, B.out, L.post_attention_norm, c.post_norms, L.ffn_norm, eps, B.xb)
             self._linear(L.ffn_gate, B.xb, B.hb)
             self._linear(L.ffn_up, B.xb, B.hb2)
-            ops.gated_act(B.hb.reshape(-1), B.hb2.reshape(-1), c.activation, B.hb.reshape(-1))
+            ops.gated_act(hb, hb2, c.activation, hb)
             self._linear(L.ffn_down, B.hb, B.out)
-            if L.post_ffw_norm is not None:
-                ops.rmsnorm(B.out, L.post_ffw_norm, eps, B.out)
             next_norm = self.layers[il + 1].attn_norm if il + 1 < len(self.layers) else self.output_norm
-            ops.add_rmsnorm(B.x, B.out, next_norm, eps, B.xb)  # x += ffn; xb = norm(x) for what follows
+            ops.residual_norm(B.x, B.out, L.post_ffw_norm, c.post_norms, next_norm, eps, B.xb)
         self.n_past = pos0 + T
 
     def _logits(self, B: Buffers, T: int, all_logits: bool) -> np.ndarray:

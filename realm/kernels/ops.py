@@ -19,7 +19,7 @@ SQRT_2_OVER_PI = 0.7978845608028654
 
 # --- RMSNorm ---------------------------------------------------------------------------------------
 
-@jit
+@jit(fastmath=True)
 def rmsnorm(x, w, eps, out):
     """x (n, dim) f32, w (dim,) f32 -> out (n, dim) = x / sqrt(mean(x^2) + eps) * w (out may be x)."""
     n, dim = x.shape
@@ -50,6 +50,22 @@ def add_rmsnorm(x, y, w, eps, out):
         for i in range(dim):
             xr[i] += yr[i]
     return rmsnorm(x, w, eps, out)
+
+
+@jit
+def residual_norm(x, y, post_w, has_post, next_w, eps, xb):
+    """End of a block: y (n, dim) = rmsnorm(y, post_w) if has_post; x (n, dim) += y; xb = rmsnorm(x, next_w)."""
+    if has_post:
+        rmsnorm(y, post_w, eps, y)
+    return add_rmsnorm(x, y, next_w, eps, xb)
+
+
+def residual_norm_ref(x, y, post_w, has_post, next_w, eps):
+    """NumPy twin of `residual_norm`: returns (new x, xb)."""
+    if has_post:
+        y = rmsnorm_ref(y, post_w, eps)
+    x = x + y  # (n, dim)
+    return x, rmsnorm_ref(x, next_w, eps)
 
 
 # --- RoPE -------------------------------------------------------------------------------------------
@@ -112,6 +128,41 @@ def rope_ref(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: int) -> np.
     return out
 
 
+@jit
+def qk_rope_store(q, k, v, q_norm, k_norm, qk_norm, eps, cos, sin, style, key_cache, value_cache, pos0):
+    """Prepare one layer's new q, k, v (T, heads, head_dim), C-contiguous, in place, and cache k and v.
+
+    If qk_norm: per-head RMSNorm of q with q_norm (head_dim,), of k with k_norm; then RoPE (cos, sin
+    (T, rope_dim/2), style) on q and k; k and v are stored at positions pos0..pos0+T-1 of key_cache,
+    value_cache (n_kv_heads, n_ctx, head_dim).
+    """
+    T, n_heads, head_dim = q.shape
+    n_kv = k.shape[1]
+    if qk_norm:
+        q2 = q.reshape(T * n_heads, head_dim)
+        k2 = k.reshape(T * n_kv, head_dim)
+        rmsnorm(q2, q_norm, eps, q2)
+        rmsnorm(k2, k_norm, eps, k2)
+    rope(q, cos, sin, style)
+    rope(k, cos, sin, style)
+    for t in range(T):
+        for h in range(n_kv):
+            key_cache[h, pos0 + t, :] = k[t, h]
+            value_cache[h, pos0 + t, :] = v[t, h]
+
+
+def qk_rope_store_ref(q, k, v, q_norm, k_norm, qk_norm, eps, cos, sin, style, key_cache, value_cache, pos0):
+    """NumPy twin of `qk_rope_store`: returns new (q, k) and writes the caches."""
+    T, n_heads, head_dim = q.shape
+    if qk_norm:
+        q = rmsnorm_ref(q.reshape(-1, head_dim), q_norm, eps).reshape(q.shape)
+        k = rmsnorm_ref(k.reshape(-1, head_dim), k_norm, eps).reshape(k.shape)
+    q, k = rope_ref(q, cos, sin, style), rope_ref(k, cos, sin, style)
+    key_cache[:, pos0:pos0 + T] = k.transpose(1, 0, 2)
+    value_cache[:, pos0:pos0 + T] = v.transpose(1, 0, 2)
+    return q, k
+
+
 # --- softmax and attention ---------------------------------------------------------------------------
 
 @jit
@@ -137,50 +188,64 @@ def softmax_ref(x: np.ndarray) -> np.ndarray:
     return (e / e.sum()).astype(np.float32)
 
 
-@pjit
+@jit(fastmath=True)
+def _attend_head(q, keys, values, h, pos0, scale, window, a, out):
+    """One head of `attention`: keys, values (n_ctx, head_dim) of its kv head; a (n_ctx,) scratch."""
+    T = q.shape[0]
+    head_dim = q.shape[2]
+    for t in range(T):
+        p = pos0 + t
+        lo = 0
+        if window > 0 and p - window + 1 > 0:
+            lo = p - window + 1
+        qv = q[t, h]
+        m = np.float32(-np.inf)
+        for j in range(lo, p + 1):
+            kj = keys[j]
+            s = np.float32(0.0)
+            for i in range(head_dim):
+                s += qv[i] * kj[i]
+            s = s * np.float32(scale)
+            a[j] = s
+            m = max(m, s)
+        total = np.float32(0.0)
+        for j in range(lo, p + 1):
+            e = np.float32(math.exp(a[j] - m))
+            a[j] = e
+            total += e
+        o = out[t, h]
+        o[:] = 0.0
+        inv = np.float32(1.0) / total
+        for j in range(lo, p + 1):
+            wj = a[j] * inv
+            vj = values[j]
+            for i in range(head_dim):
+                o[i] += wj * vj[i]
+
+
+@jit
 def attention(q, key_cache, value_cache, pos0, scale, window, att, out):
-    """Causal attention of T new queries at positions pos0..pos0+T-1 over the cached keys.
+    """Causal attention of T new queries at positions pos0..pos0+T-1 over the cached keys (serial).
 
     q (T, n_heads, head_dim); key_cache, value_cache (n_kv_heads, n_ctx, head_dim) holding keys of
     positions 0..pos0+T-1; att (n_heads, n_ctx) scratch; out (T, n_heads, head_dim).
     Head h reads kv head h // (n_heads // n_kv_heads). Key j is visible from query p iff j <= p and,
-    when window > 0, p - j < window. Parallel over heads.
+    when window > 0, p - j < window.
     """
-    T, n_heads, head_dim = q.shape
+    n_heads = q.shape[1]
+    group = n_heads // key_cache.shape[0]
+    for h in range(n_heads):
+        _attend_head(q, key_cache[h // group], value_cache[h // group], h, pos0, scale, window, att[h], out)
+    return out
+
+
+@pjit
+def attention_parallel(q, key_cache, value_cache, pos0, scale, window, att, out):
+    """`attention` with heads spread over threads (worth it for long contexts or prompts)."""
+    n_heads = q.shape[1]
     group = n_heads // key_cache.shape[0]
     for h in prange(n_heads):
-        kv = h // group
-        keys = key_cache[kv]
-        values = value_cache[kv]
-        a = att[h]
-        for t in range(T):
-            p = pos0 + t
-            lo = 0
-            if window > 0 and p - window + 1 > 0:
-                lo = p - window + 1
-            qv = q[t, h]
-            m = -np.inf
-            for j in range(lo, p + 1):
-                kj = keys[j]
-                s = np.float32(0.0)
-                for i in range(head_dim):
-                    s += qv[i] * kj[i]
-                s *= scale
-                a[j] = s
-                if s > m:
-                    m = s
-            total = np.float32(0.0)
-            for j in range(lo, p + 1):
-                e = np.float32(math.exp(a[j] - m))
-                a[j] = e
-                total += e
-            o = out[t, h]
-            o[:] = 0.0
-            for j in range(lo, p + 1):
-                wj = a[j] / total
-                vj = values[j]
-                for i in range(head_dim):
-                    o[i] += wj * vj[i]
+        _attend_head(q, key_cache[h // group], value_cache[h // group], h, pos0, scale, window, att[h], out)
     return out
 
 
@@ -242,5 +307,9 @@ def warmup() -> None:
     cache = np.ones((1, 4, 8), np.float32)  # (n_kv_heads, n_ctx, head_dim)
     att = np.empty((2, 4), np.float32)  # (n_heads, n_ctx)
     attention(q, cache, cache, 0, 0.5, 0, att, np.empty_like(q))
+    attention_parallel(q, cache, cache, 0, 0.5, 0, att, np.empty_like(q))
+    k = np.ones((2, 1, 8), np.float32)  # (T, n_kv_heads, head_dim)
+    qk_rope_store(q, k, k.copy(), w, w, True, 1e-6, cos, sin, ROPE_NEOX, cache, cache.copy(), 0)
+    residual_norm(x, x.copy(), w, True, w, 1e-6, np.empty_like(x))
     softmax(w)
     gated_act(w, w, ACT_SILU, np.empty_like(w))

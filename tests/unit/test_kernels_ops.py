@@ -106,9 +106,12 @@ def test_attention(rng, n_heads, n_kv_heads, window, pos0, T):
     value_cache = rng.standard_normal((n_kv_heads, n_ctx, head_dim)).astype(np.float32)
     att = np.empty((n_heads, n_ctx), np.float32)  # (n_heads, n_ctx)
     out = np.empty_like(q)
+    expect = ops.attention_ref(q, key_cache, value_cache, pos0, 0.25, window)
     ops.attention(q, key_cache, value_cache, pos0, 0.25, window, att, out)
-    np.testing.assert_allclose(out, ops.attention_ref(q, key_cache, value_cache, pos0, 0.25, window),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out, expect, rtol=1e-4, atol=1e-5)
+    out_parallel = np.empty_like(q)
+    ops.attention_parallel(q, key_cache, value_cache, pos0, 0.25, window, att, out_parallel)
+    np.testing.assert_allclose(out_parallel, expect, rtol=1e-4, atol=1e-5)
 
 
 def test_attention_ref_window_first_principles():
@@ -139,3 +142,38 @@ def test_gated_act_ref_values():
     np.testing.assert_allclose(silu, [0.0, 1 / (1 + math.exp(-1)), -2 / (1 + math.exp(2))], rtol=1e-6)
     gelu = ops.gated_act_ref(g, one, ops.ACT_GELU_TANH)
     assert gelu[1] == pytest.approx(0.841192, abs=1e-5)  # GELU-tanh(1)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+@pytest.mark.parametrize("style", [ops.ROPE_NORM, ops.ROPE_NEOX])
+def test_qk_rope_store(rng, qk_norm, style):
+    T, n_heads, n_kv, head_dim, n_ctx, pos0 = 3, 4, 2, 16, 10, 4
+    q = rng.standard_normal((T, n_heads, head_dim)).astype(np.float32)  # (T, n_heads, hd)
+    k = rng.standard_normal((T, n_kv, head_dim)).astype(np.float32)  # (T, n_kv, hd)
+    v = rng.standard_normal((T, n_kv, head_dim)).astype(np.float32)
+    q_norm = rng.standard_normal(head_dim).astype(np.float32)  # (hd,)
+    k_norm = rng.standard_normal(head_dim).astype(np.float32)
+    cos, sin = ops.rope_cos_sin_ref(np.arange(pos0, pos0 + T), 1e6, 1.0, 12)
+    kc_ref = rng.standard_normal((n_kv, n_ctx, head_dim)).astype(np.float32)  # (n_kv, n_ctx, hd)
+    vc_ref = rng.standard_normal((n_kv, n_ctx, head_dim)).astype(np.float32)
+    kc, vc = kc_ref.copy(), vc_ref.copy()
+    q_ref, k_ref = ops.qk_rope_store_ref(q, k, v, q_norm, k_norm, qk_norm, 1e-6, cos, sin, style, kc_ref, vc_ref, pos0)
+    ops.qk_rope_store(q, k, v, q_norm, k_norm, qk_norm, 1e-6, cos, sin, style, kc, vc, pos0)
+    np.testing.assert_allclose(q, q_ref, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(k, k_ref, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(kc, kc_ref, rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(vc, vc_ref)
+    np.testing.assert_array_equal(vc[:, pos0:pos0 + T], v.transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("has_post", [False, True])
+def test_residual_norm(rng, has_post):
+    x = rng.standard_normal((2, 32)).astype(np.float32)  # (n, dim)
+    y = rng.standard_normal((2, 32)).astype(np.float32)
+    post_w = rng.standard_normal(32).astype(np.float32)  # (dim,)
+    next_w = rng.standard_normal(32).astype(np.float32)
+    x_ref, xb_ref = ops.residual_norm_ref(x, y, post_w, has_post, next_w, 1e-6)
+    xb = np.empty_like(x)
+    ops.residual_norm(x, y, post_w, has_post, next_w, 1e-6, xb)
+    np.testing.assert_allclose(x, x_ref, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(xb, xb_ref, rtol=1e-4, atol=1e-5)
