@@ -207,6 +207,8 @@ class Tokenizer:
         self._load_vocab(md)
         self._load_special(md)
         self._build_partition()
+        log.debug("tokenizer %s: %d tokens, bos %s, eos %s, stop ids %s", self.kind, self.vocab_size,
+                  self.bos_id, self.eos_id, sorted(self.stop_ids))
 
     # -- construction ------------------------------------------------------------------------------
 
@@ -421,6 +423,8 @@ class Tokenizer:
             prev_special = False
         if add_eos and self.eos_id is not None:
             out.append(self.eos_id)
+        if len(out) >= 2 and out[0] == out[1] == self.bos_id and add_bos and self.add_bos:
+            log.warning("the prompt starts with BOS and another was added: it now starts with two")
         return out
 
     def _partition(self, text: str, special: bool) -> list[str | int]:
