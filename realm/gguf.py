@@ -1,9 +1,9 @@
 """Strict GGUF v2/v3 reader over a read-only mmap (or a bytes image); never dequantizes.
 
 First stage of the data flow: file -> GGUFFile (header, metadata, tensor index, all validated
-against the bytes actually present) -> ModelConfig / Tokenizer / engines. Format facts:
-https://github.com/ggml-org/ggml/blob/5fdc78fff274094e2a1b155928131983362d8a71/docs/gguf.md and
-https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/gguf.cpp (limits such as GGML_MAX_NAME).
+against the bytes actually present) -> ModelConfig / Tokenizer / engines. Format facts from
+https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/gguf.cpp (layout, checks) and
+https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/include/ggml.h (GGML_MAX_NAME, GGML_MAX_DIMS).
 """
 
 from __future__ import annotations
@@ -331,6 +331,7 @@ class GGUFFile:
             self._parse_kv(r, i)
         self.alignment = self._check_alignment()
 
+        self._tensor_names: set[str] = set()
         infos = [self._parse_tensor_info(r, i) for i in range(n_tensors)]
         self.data_offset = -(-r.pos // self.alignment) * self.alignment
         self._place_tensors(r, infos)
@@ -372,9 +373,9 @@ class GGUFFile:
         if r.size - r.pos >= 8 and _U64.unpack_from(r.buf, r.pos)[0] == 0:
             raise r.fail("empty tensor name", field)
         name = r.string(field, MAX_TENSOR_NAME_BYTES)
-        if name in self.tensors:
+        if name in self._tensor_names:
             raise r.fail(f"duplicate tensor name {name!r}", field, info_at)
-        self.tensors[name] = None  # type: ignore[assignment]  # placeholder, filled by _place_tensors
+        self._tensor_names.add(name)
         where = f"tensor {name!r}"
         dims_at = r.pos
         n_dims = r.u32(f"{name}.n_dims")
