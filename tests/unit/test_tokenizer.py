@@ -403,3 +403,18 @@ def test_optional_arrays_and_small_vocab():
     md["tokenizer.ggml.tokens"] = ["x", "", "▁x"]  # empty entries are renamed, as llama.cpp does
     tok = Tokenizer.from_metadata(md)
     assert tok.token_text(1) == "[EMPTY_1]"
+
+
+def test_metadata_is_not_modified():
+    md = make_md(BASE + ["a", "", "<|im_end|>"], [0, 0, 0, -1, 0, 0], BASE_TYPES + [1, 1, 1])
+    tokens, types = list(md["tokenizer.ggml.tokens"]), md["tokenizer.ggml.token_type"].copy()
+    tok = Tokenizer.from_metadata(md)
+    assert md["tokenizer.ggml.tokens"] == tokens and np.array_equal(md["tokenizer.ggml.token_type"], types)
+    assert tok.is_control(5) and tok.token_type(5) == TokenType.NORMAL  # promoted, but the type is as given
+
+
+def test_unused_and_undefined_tokens_decode_to_nothing():
+    tok = tiny(["a", "b", "c"], [-1, -1, -1], [1, 5, 0], add_space_prefix=False)
+    assert tok.decode([3, 4, 5, 3]) == "aa"
+    assert tok.decode([3, 4, 5, 3], special=True) == "aa"
+    assert tok.decode([0, 1, 2], special=True) == "<unk><s></s>" and tok.decode([0, 1, 2]) == ""
