@@ -296,3 +296,45 @@ def test_host_call_cost(store, model_paths, record_property):
     for _ in range(200):
         h.read_tensor(mid, handle, 0, BIG_AT, 4096)
     record_property("python_to_host_roundtrip_us", (time.perf_counter() - t0) / 200 * 1e6)
+
+
+@pytest.mark.parametrize("safe", ["1", "0"])
+def test_both_hostcall_paths_agree(store, model_paths, monkeypatch, safe):
+    """The raw (unchecked) callback path and wasmtime-py's public path give the same answers."""
+    monkeypatch.setenv("REALM_WASM_SAFE_HOSTCALLS", safe)
+    path = model_paths["llama_q8_0"]
+    mid = store.add(path)
+    h = Proxy(store, mid)
+    assert h.g.raw_hostcalls == (safe == "0" and runtime_raw_available())
+    offsets = _reader_offsets(path)
+    start, nbytes = offsets["blk.1.ffn_down.weight"]
+    ptr, n = h.name("blk.1.ffn_down.weight")
+    handle = h.tensor_info(mid, ptr, n, OUT_AT)
+    assert h.read_tensor(mid, handle, 7, BIG_AT, nbytes - 7) == nbytes - 7
+    assert h.g.read(BIG_AT, nbytes - 7) == path.read_bytes()[start + 7:start + nbytes]
+    assert h.read_tensor(mid, handle, -1, BIG_AT, 4) == Err.ERR_RANGE
+    assert h.read_tensor(mid, handle, 0, s32(0xFFFFFFF0), 32) == Err.ERR_BOUNDS
+    image = model_paths["gemma_q4_0"].read_bytes()
+    h.g.write(BIG_AT, image)
+    big_id = h.store_model(BIG_AT, len(image), (1 << 63) - 1)  # an i64 result at the top of the range
+    assert big_id == (1 << 63) - 1
+
+
+def runtime_raw_available() -> bool:
+    from realm.host import runtime
+
+    return runtime._RAW_OK
+
+
+def test_keyboard_interrupt_in_a_host_call_propagates(store, model_paths, monkeypatch):
+    mid = store.add(model_paths["llama_q8_0"])
+    h = Proxy(store, mid)
+    ptr, n = h.name("token_embd.weight")
+    handle = h.tensor_info(mid, ptr, n, OUT_AT)
+
+    def interrupt(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "charge", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        h.read_tensor(mid, handle, 0, BIG_AT, 4)
