@@ -205,7 +205,7 @@ def _dq_row_q5_0(row, tbl, dst):
     for b in range(dst.shape[0] // 32):
         o = b * 22
         d = _f16(tbl, row, o)
-        qh = np.int32(_u32(row, o + 2))
+        qh = _u32(row, o + 2)
         qs = row[o + 6:o + 22]
         y = dst[b * 32:b * 32 + 32]
         for j in range(n16):
@@ -224,7 +224,7 @@ def _dq_row_q5_1(row, tbl, dst):
         o = b * 24
         d = _f16(tbl, row, o)
         m = _f16(tbl, row, o + 2)
-        qh = np.int32(_u32(row, o + 4))
+        qh = _u32(row, o + 4)
         qs = row[o + 8:o + 24]
         y = dst[b * 32:b * 32 + 32]
         for j in range(n16):
