@@ -4,6 +4,7 @@ Everything that touches quantized bytes (the GGUF reader, the Numba kernels, the
 structs, the tests) follows the `LAYOUTS` table below. Type ids and block sizes are ggml's:
 https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/include/ggml.h (enum ggml_type) and
 https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/ggml-common.h (block structs).
+`dequantize_ref` is the plain NumPy dequantizer every kernel (Numba, Rust) must match bit for bit.
 """
 
 from __future__ import annotations
@@ -183,19 +184,22 @@ def field_offsets(t: GGMLType) -> dict[str, int]:
     return offsets
 
 
-def _as_bytes(data) -> np.ndarray:
-    """Any bytes-like object or C-contiguous ndarray as a flat uint8 view (no copy)."""
+def as_bytes(data) -> np.ndarray:
+    """bytes / bytearray / memoryview / C-contiguous ndarray (any dtype, read-only too) -> flat uint8 view."""
     if isinstance(data, np.ndarray):
         if not data.flags.c_contiguous:
-            raise ValueError("quantized data must be C-contiguous")
+            raise ValueError("quantized data must be a C-contiguous array")
         return data.reshape(-1).view(np.uint8)
-    return np.frombuffer(data, dtype=np.uint8)
+    try:
+        return np.frombuffer(data, dtype=np.uint8)
+    except TypeError:
+        raise TypeError(f"expected bytes-like data or an ndarray, got {type(data).__name__}") from None
 
 
 def _blocks(data, t: GGMLType, tensor: str | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Split raw bytes into blocks (nb, type_size) and each field as an array (nb, count)."""
     layout = LAYOUTS[t]
-    buf = _as_bytes(data)
+    buf = as_bytes(data)
     if buf.size % layout.type_size:
         where = f"tensor {tensor!r}: " if tensor else ""
         raise ValueError(f"{where}{buf.size} bytes is not a whole number of {t.name} blocks of "
@@ -426,7 +430,7 @@ def dequantize_ref(data, ggml_type: GGMLType, *, tensor: str | None = None) -> n
     """
     t = require_supported(ggml_type, tensor if tensor is not None else "?")
     if t in (GGMLType.F32, GGMLType.F16, GGMLType.BF16):
-        buf = _as_bytes(data)
+        buf = as_bytes(data)
         size = LAYOUTS[t].type_size
         if buf.size % size:
             where = f"tensor {tensor!r}: " if tensor else ""

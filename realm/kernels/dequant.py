@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from realm.kernels._jit import jit, jit_disabled, pjit, prange
-from realm.quants import LAYOUTS, QK_K, GGMLType, require_supported
+from realm.quants import LAYOUTS, QK_K, GGMLType, as_bytes, require_supported
 
 # ---------------------------------------------------------------------------------------------
 # Scalar bit helpers (bitcasts are LLVM intrinsics; plain NumPy under NUMBA_DISABLE_JIT=1)
@@ -488,18 +488,6 @@ def _run_bf16(buf: np.ndarray, out: np.ndarray) -> None:
 _FLOAT_RUNNERS = {GGMLType.F32: _run_f32, GGMLType.F16: _run_f16, GGMLType.BF16: _run_bf16}
 
 
-def as_bytes(data) -> np.ndarray:
-    """bytes / bytearray / memoryview / C-contiguous ndarray (any dtype, read-only too) -> flat uint8 view."""
-    if isinstance(data, np.ndarray):
-        if not data.flags.c_contiguous:
-            raise ValueError("quantized data must be a C-contiguous array")
-        return data.reshape(-1).view(np.uint8)
-    try:
-        return np.frombuffer(data, dtype=np.uint8)
-    except TypeError:
-        raise TypeError(f"expected bytes-like data or an ndarray, got {type(data).__name__}") from None
-
-
 def dequantize(data, ggml_type: GGMLType, n_elements: int | None = None, out: np.ndarray | None = None,
                *, tensor: str | None = None) -> np.ndarray:
     """Dequantize raw GGML blocks to float32 (Numba), bit-exact with `realm.quants.dequantize_ref`.
@@ -532,6 +520,9 @@ def dequantize(data, ggml_type: GGMLType, n_elements: int | None = None, out: np
     t = require_supported(ggml_type, tensor if tensor is not None else "?")
     layout = LAYOUTS[t]
     buf = as_bytes(data)
+    if buf.flags.writeable:  # one compiled variant per kernel: weights are read-only mmap views anyway
+        buf = buf.view()
+        buf.flags.writeable = False
     where = f"tensor {tensor!r}: " if tensor is not None else ""
     if buf.size % layout.type_size:
         raise ValueError(f"{where}{buf.size} bytes is not a whole number of {t.name} blocks "
