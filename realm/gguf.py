@@ -31,6 +31,11 @@ MAX_KEY_BYTES = 65535  # a key is an identifier; anything longer is corrupt
 MAX_TENSOR_NAME_BYTES = 63  # ggml's GGML_MAX_NAME (64) includes the terminating NUL
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_DEPTH = 3  # an array of arrays of arrays, no deeper
+# Caps on objects per file, far above real models (~50 keys, ~1-2k tensors, no nested arrays), so a
+# small hostile file cannot make the reader build millions of Python objects.
+MAX_KV = 1 << 20
+MAX_TENSORS = 1 << 20
+MAX_NESTED_ARRAYS = 1 << 20  # arrays inside arrays, summed over the file
 INT64_MAX = 2**63 - 1
 UINT64_MAX = 2**64 - 1
 
@@ -123,6 +128,7 @@ class _Reader:
         self.buf = buf
         self.size = size
         self.pos = 0
+        self.n_nested = 0  # inner arrays read so far
 
     def fail(self, message: str, field: str, offset: int | None = None) -> GGUFError:
         return GGUFError(message, field=field, offset=self.pos if offset is None else offset)
@@ -170,11 +176,10 @@ class _Reader:
             raise self.fail(f"unknown metadata value type id {t}", field, start)
         return GGUFValueType(t)
 
-    def value(self, t: GGUFValueType, field: str, depth: int = 0) -> Any:
+    def scalar(self, t: GGUFValueType, field: str) -> Any:
+        """A STRING or fixed-size value."""
         if t == GGUFValueType.STRING:
             return self.string(field)
-        if t == GGUFValueType.ARRAY:
-            return self.array(field, depth + 1)[1]
         s = _SCALARS[t]
         self.need(s.size, field)
         (v,) = s.unpack_from(self.buf, self.pos)
@@ -192,6 +197,11 @@ class _Reader:
         et = self.value_type(f"{field}.element_type")
         count_at = self.pos
         n = self.u64(f"{field}.count")
+        if et == GGUFValueType.ARRAY:
+            self.n_nested += n
+            if self.n_nested > MAX_NESTED_ARRAYS:
+                raise self.fail(f"{field}: more than {MAX_NESTED_ARRAYS} nested arrays in the file (limit)",
+                                f"{field}.count", count_at)
         min_size = _min_value_size(et)
         if n > (self.size - self.pos) // min_size:
             raise self.fail(f"{field}: array of {n} {et.name} needs at least {n * min_size} bytes, "
@@ -318,6 +328,10 @@ class GGUFFile:
         self.version = version
         n_tensors = r.u64("tensor_count")
         n_kv = r.u64("kv_count")
+        if n_tensors > MAX_TENSORS:
+            raise r.fail(f"tensor_count {n_tensors} is over the limit of {MAX_TENSORS}", "tensor_count", 8)
+        if n_kv > MAX_KV:
+            raise r.fail(f"kv_count {n_kv} is over the limit of {MAX_KV}", "kv_count", 16)
         left = r.size - r.pos
         if n_tensors > left // _MIN_TENSOR_INFO:
             raise r.fail(f"tensor_count {n_tensors} needs at least {n_tensors * _MIN_TENSOR_INFO} bytes, "
@@ -349,7 +363,7 @@ class GGUFFile:
             et, value = r.array(key, 1)
             self.array_types[key] = et
         else:
-            value = r.value(t, key)
+            value = r.scalar(t, key)
         self.metadata[key] = value
         self.metadata_types[key] = t
         self._kv_offsets[key] = key_at
