@@ -536,6 +536,33 @@ pub fn dot_q8_0_simd(row: &[u8], x: &XQ) -> f32 {
     }
 }
 
+/// SIMD128 Q8_0 · XQ for four rows at once (shares every activation load; four independent chains).
+pub fn dot4_q8_0_simd(r0: &[u8], r1: &[u8], r2: &[u8], r3: &[u8], x: &XQ) -> [f32; 4] {
+    let b0 = as_blocks::<BlockQ8_0>(r0);
+    let b1 = as_blocks::<BlockQ8_0>(r1);
+    let b2 = as_blocks::<BlockQ8_0>(r2);
+    let b3 = as_blocks::<BlockQ8_0>(r3);
+    let nb = b0.len().min(b1.len()).min(b2.len()).min(b3.len()).min(x.d.len());
+    unsafe {
+        let mut acc = [f32x4_splat(0.0); 4];
+        for i in 0..nb {
+            let px = x.q.as_ptr().add(i * QK8_0);
+            let xv = [v128_load(px as *const v128), v128_load(px.add(8) as *const v128), v128_load(px.add(16) as *const v128), v128_load(px.add(24) as *const v128)];
+            let dx = *x.d.get_unchecked(i);
+            for (a, b) in acc.iter_mut().zip([&b0[i], &b1[i], &b2[i], &b3[i]]) {
+                let q = b.qs.as_ptr() as *const u8;
+                let (w0, w1) = (load(q), load(q.add(16)));
+                let s = i32x4_add(
+                    i32x4_add(i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), xv[0]), i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), xv[1])),
+                    i32x4_add(i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), xv[2]), i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), xv[3])),
+                );
+                *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(f16_to_f32(b.d) * dx)));
+            }
+        }
+        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+    }
+}
+
 /// Scalar twin, Q4_0 · XQ.
 pub fn dot_q4_0(row: &[u8], x: &XQ) -> f32 {
     let mut sum = 0f32;
@@ -831,8 +858,10 @@ impl XQBuf {
 }
 
 /// out[t * out_stride + r] = w[r] · x[t] for rows r of `w` (rows × row_bytes) and tokens t < nt;
-/// x is (nt, cols). One token: fused dots (x quantized once for `uses_xq` types). Several tokens:
-/// each row is dequantized once into `tmp` (>= cols floats) and reused for every token.
+/// x is (nt, cols). `uses_xq` types: every token's x is quantized once (into `xqb`, sized for nt
+/// tokens) and each row is dotted with all tokens while it sits in L1. Other types: each row is
+/// dequantized once into `tmp` (>= cols floats) and reused for every token.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     t: GgmlType,
     w: &[u8],
@@ -846,11 +875,35 @@ pub fn matmul(
     xqb: &mut XQBuf,
 ) {
     let row_bytes = w.len() / rows.max(1);
+    if uses_xq(t) {
+        let nb = cols / QKX;
+        for ti in 0..nt {
+            let xt = &x[ti * cols..(ti + 1) * cols];
+            quantize_x(xt, &mut xqb.q[ti * cols..(ti + 1) * cols], &mut xqb.d[ti * nb..(ti + 1) * nb], &mut xqb.s[ti * nb..(ti + 1) * nb]);
+        }
+        let mut r0 = 0;
+        if t == GgmlType::Q8_0 && nt == 1 {
+            let xq = XQ { q: &xqb.q[..cols], d: &xqb.d[..nb], s: &xqb.s[..nb] };
+            while r0 + 4 <= rows {
+                let row = |k: usize| &w[(r0 + k) * row_bytes..(r0 + k + 1) * row_bytes];
+                let v = dot4_q8_0_simd(row(0), row(1), row(2), row(3), &xq);
+                out[r0..r0 + 4].copy_from_slice(&v);
+                r0 += 4;
+            }
+        }
+        for r in r0..rows {
+            let row = &w[r * row_bytes..(r + 1) * row_bytes];
+            for ti in 0..nt {
+                let xq = XQ { q: &xqb.q[ti * cols..(ti + 1) * cols], d: &xqb.d[ti * nb..(ti + 1) * nb], s: &xqb.s[ti * nb..(ti + 1) * nb] };
+                out[ti * out_stride + r] = dot(t, row, &[], &xq, true);
+            }
+        }
+        return;
+    }
     if nt == 1 {
-        let x = &x[..cols];
-        let xq = if uses_xq(t) { xqb.quantize(x) } else { XQ { q: &[], d: &[], s: &[] } };
+        let xq = XQ { q: &[], d: &[], s: &[] };
         for r in 0..rows {
-            out[r] = dot(t, &w[r * row_bytes..(r + 1) * row_bytes], x, &xq, true);
+            out[r] = dot(t, &w[r * row_bytes..(r + 1) * row_bytes], &x[..cols], &xq, true);
         }
         return;
     }

@@ -70,6 +70,12 @@ pub extern "C" fn realm_debug_matvec(ggml_type: i32, w_ptr: i32, rows: i32, cols
     model::debug_matvec(ggml_type, w_ptr, rows, cols, x_ptr, out_ptr, simd)
 }
 
+/// Test export: out (nt, rows) = x (nt, cols) @ w.T through the engine's matmul (decode/prefill paths).
+#[no_mangle]
+pub extern "C" fn realm_debug_matmul(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32, nt: i32, out_ptr: i32) -> i32 {
+    model::debug_matmul(ggml_type, w_ptr, rows, cols, x_ptr, nt, out_ptr)
+}
+
 /// Test export: the guest's f16 -> f32 conversion of one bit pattern.
 #[no_mangle]
 pub extern "C" fn realm_debug_f16_to_f32(bits: i32) -> f32 {

@@ -334,7 +334,7 @@ struct Acts {
     hb2: Vec<f32>,    // (n_batch, hidden_dim)
     att: Vec<f32>,    // (n_ctx,) scores of one head
     tmp: Vec<f32>,    // (max cols,) a dequantized row
-    xq: XQBuf,        // x quantized per block of 32 for the integer kernels
+    xq: XQBuf,        // (n_batch, max cols) x quantized per block of 32 for the integer kernels
     rope: Vec<f32>,   // (2, n_batch, rope_dim / 2, 2) cos, sin for global (0) and local (1) layers
     embd: Vec<u8>,    // (n_batch, token_embd row_bytes)
     reqs: Vec<ReadReq>, // (n_batch,)
@@ -468,9 +468,9 @@ impl Engine {
         }
 
         // activations for n_batch tokens: at most 1/8 of the budget
-        let per_token = 4 * (2 * dim + 2 * q_dim + 2 * kv_dim + 2 * hidden + cfg.rope_dim * 2) + token_embd.row_bytes + 24;
-        let n_batch = (budget / 8 / per_token).clamp(1, MAX_BATCH).min(n_ctx);
         let max_cols = dim.max(hidden).max(q_dim);
+        let per_token = 4 * (2 * dim + 2 * q_dim + 2 * kv_dim + 2 * hidden + cfg.rope_dim * 2) + 3 * max_cols + token_embd.row_bytes + 24;
+        let n_batch = (budget / 8 / per_token).clamp(1, MAX_BATCH).min(n_ctx);
         let a = Acts {
             x: try_vec(n_batch * dim, 0f32, budget)?,
             xb: try_vec(n_batch * dim, 0f32, budget)?,
@@ -483,9 +483,9 @@ impl Engine {
             att: try_vec(n_ctx, 0f32, budget)?,
             tmp: try_vec(max_cols, 0f32, budget)?,
             xq: XQBuf {
-                q: try_vec(max_cols, 0i16, budget)?,
-                d: try_vec(max_cols / kernels::QKX + 1, 0f32, budget)?,
-                s: try_vec(max_cols / kernels::QKX + 1, 0f32, budget)?,
+                q: try_vec(n_batch * max_cols, 0i16, budget)?,
+                d: try_vec(n_batch * (max_cols / kernels::QKX + 1), 0f32, budget)?,
+                s: try_vec(n_batch * (max_cols / kernels::QKX + 1), 0f32, budget)?,
             },
             rope: try_vec(2 * n_batch * cfg.rope_dim, 0f32, budget)?,
             embd: try_vec(n_batch * token_embd.row_bytes, 0u8, budget)?,
@@ -993,6 +993,34 @@ pub fn debug_dequant(ggml_type: i32, src_ptr: i32, n_blocks: i32, dst_ptr: i32) 
     let src = unsafe { core::slice::from_raw_parts(src as *const u8, n * ts) };
     let dst = unsafe { core::slice::from_raw_parts_mut(dst as *mut f32, n * bs) };
     kernels::dequantize(t, src, dst);
+    0
+}
+
+/// out (nt, rows) = x (nt, cols) @ w.T through the production `kernels::matmul` (decode and prefill paths).
+pub fn debug_matmul(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32, nt: i32, out_ptr: i32) -> i32 {
+    let t = match GgmlType::from_u32(ggml_type as u32) {
+        Some(t) if ggml_type >= 0 => t,
+        _ => return ERR_UNSUPPORTED,
+    };
+    if rows < 0 || cols < 0 || nt <= 0 || x_ptr as u32 % 4 != 0 || out_ptr as u32 % 4 != 0 {
+        return ERR_BAD_ARG;
+    }
+    let (rows, cols, nt) = (rows as usize, cols as usize, nt as usize);
+    let rb = match t.row_bytes(cols) {
+        Some(rb) => rb,
+        None => return ERR_BAD_ARG,
+    };
+    let (w, x, out) = match (mem_range(w_ptr, rows * rb), mem_range(x_ptr, nt * cols * 4), mem_range(out_ptr, nt * rows * 4)) {
+        (Some(w), Some(x), Some(o)) => (w, x, o),
+        _ => return ERR_BOUNDS,
+    };
+    let w = unsafe { core::slice::from_raw_parts(w as *const u8, rows * rb) };
+    let x = unsafe { core::slice::from_raw_parts(x as *const f32, nt * cols) };
+    let out = unsafe { core::slice::from_raw_parts_mut(out as *mut f32, nt * rows) };
+    let nb = cols / kernels::QKX + 1;
+    let mut xqb = XQBuf { q: vec![0; nt * cols], d: vec![0.0; nt * nb], s: vec![0.0; nt * nb] };
+    let mut tmp = vec![0f32; cols];
+    kernels::matmul(t, w, rows, cols, x, nt, out, rows, &mut tmp, &mut xqb);
     0
 }
 

@@ -112,13 +112,21 @@ def random_blocks(t: GGMLType, n_blocks: int, rng: np.random.Generator) -> np.nd
 
 
 def test_f16_to_f32_all_bit_patterns(guest):
-    bits = np.arange(65536, dtype=np.uint32)
+    """All 65,536 patterns through the F16 dequantizer (one call to `f16_to_f32` each), and a sample
+    through the scalar export; both against NumPy's float16 (NaN-aware, otherwise bit-exact)."""
+    bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)
+    want = bits.view(np.float16).astype(np.float32)
+    src, dst = guest.put(bits), guest.alloc(65536 * 4)
+    assert guest.call("realm_debug_dequant", int(GGMLType.F16), src, 65536, dst) == 0
+    sample = np.random.default_rng(3).choice(65536, 2048, replace=False)
     f = guest.exports["realm_debug_f16_to_f32"]
-    got = np.array([f(guest.store, int(b)) for b in bits], dtype=np.float32)
-    want = bits.astype(np.uint16).view(np.float16).astype(np.float32)
-    nan = np.isnan(want)
-    assert np.array_equal(np.isnan(got), nan)
-    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    for got, idx in ((guest.get(dst, 65536, np.float32), bits.astype(np.int64)),
+                     (np.array([f(guest.store, int(b)) for b in sample], dtype=np.float32), sample)):
+        ref = want[idx]
+        nan = np.isnan(ref)
+        assert np.array_equal(np.isnan(got), nan)
+        bad = np.nonzero(got[~nan].view(np.uint32) != ref[~nan].view(np.uint32))[0]
+        assert bad.size == 0, f"{bad.size} patterns differ, first {idx[~nan][bad[0]]:#06x}"
 
 
 def test_f32_to_f16_round_to_nearest_even(guest):
@@ -182,6 +190,27 @@ def test_matvec_scalar_simd_and_float64(guest, t):
         assert err[worst] <= tol, f"{t.name} {name}: row {worst} rel err {err[worst]:.3g} > {tol}"
     err = np.abs(scalar.astype(np.float64) - simd) / scale
     assert err.max() <= SCALAR_VS_SIMD_TOL, f"{t.name}: scalar vs simd row {int(np.argmax(err))} rel err {err.max():.3g}"
+
+
+@pytest.mark.parametrize("t", GUEST_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("nt", [1, 3])
+def test_matmul_paths_vs_float64(guest, t, nt):
+    """The engine's matmul (4-row Q8_0 decode kernel, multi-token prefill) against float64 NumPy."""
+    gq = pytest.importorskip("gguf.quants")
+    rng = np.random.default_rng(200 + int(t) + nt)
+    bs, ts = block_size_and_bytes(t)
+    rows, cols = 39, 512 if bs > 1 else 77
+    w = random_blocks(t, rows * cols // bs, rng)
+    x = rng.standard_normal((nt, cols)).astype(np.float32)
+    wp, xp, op = guest.put(w), guest.put(x), guest.alloc(nt * rows * 4)
+    assert guest.call("realm_debug_matmul", int(t), wp, rows, cols, xp, nt, op) == 0
+    got = guest.get(op, nt * rows, np.float32).reshape(nt, rows)
+    wf = gq.dequantize(w.reshape(-1), t).astype(np.float64).reshape(rows, cols)
+    want = x.astype(np.float64) @ wf.T
+    scale = np.abs(x.astype(np.float64)) @ np.abs(wf).T + 1e-30
+    err = np.abs(got - want) / scale
+    worst = np.unravel_index(int(np.argmax(err)), err.shape)
+    assert err[worst] <= MATVEC_TOL[t], f"{t.name} nt={nt}: (token, row) {worst} rel err {err[worst]:.3g}"
 
 
 def test_debug_exports_reject_bad_input(guest):
