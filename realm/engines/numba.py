@@ -59,9 +59,6 @@ class Buffers:
         self.heads = np.zeros((T, c.q_dim), np.float32)  # (T, n_heads * head_dim) attention output
         self.hb = np.zeros((T, c.hidden_dim), np.float32)  # (T, hidden_dim)
         self.hb2 = np.zeros((T, c.hidden_dim), np.float32)  # (T, hidden_dim)
-        self.positions = np.zeros(T, np.int64)  # (T,)
-        self.cos = np.zeros((2, T, c.rope_dim // 2), np.float32)  # (global|sliding, T, rope_dim/2)
-        self.sin = np.zeros((2, T, c.rope_dim // 2), np.float32)
         self.ids = np.zeros(T, np.int64)  # (T,)
 
 
@@ -123,6 +120,12 @@ class NumbaEngine:
         self.key_cache = np.zeros((c.n_layers, c.n_kv_heads, n_ctx, c.head_dim), np.float32)  # (L, n_kv, n_ctx, hd)
         self.value_cache = np.zeros_like(self.key_cache)  # (L, n_kv, n_ctx, hd)
         self.att = np.zeros((c.n_heads, n_ctx), np.float32)  # (n_heads, n_ctx) attention scratch
+        # RoPE tables for every position: slot 0 global layers, slot 1 sliding layers.
+        self.rope_cos = np.zeros((2, n_ctx, c.rope_dim // 2), np.float32)  # (slot, n_ctx, rope_dim/2)
+        self.rope_sin = np.zeros_like(self.rope_cos)
+        positions = np.arange(n_ctx, dtype=np.int64)  # (n_ctx,)
+        ops.rope_cos_sin(positions, c.rope_theta, c.rope_freq_scale, c.rope_dim, self.rope_cos[0], self.rope_sin[0])
+        ops.rope_cos_sin(positions, c.rope_theta_local, 1.0, c.rope_dim, self.rope_cos[1], self.rope_sin[1])
         self.logits = np.zeros(c.vocab_size, np.float32)  # (vocab,)
         self._decode = Buffers(c, 1)
         self.n_past = 0
@@ -177,9 +180,8 @@ class NumbaEngine:
     def _forward(self, B: Buffers, T: int) -> None:
         c = self.config
         pos0 = self.n_past
-        B.positions[:] = np.arange(pos0, pos0 + T)
-        ops.rope_cos_sin(B.positions, c.rope_theta, c.rope_freq_scale, c.rope_dim, B.cos[0], B.sin[0])
-        ops.rope_cos_sin(B.positions, c.rope_theta_local, 1.0, c.rope_dim, B.cos[1], B.sin[1])
+        cos = self.rope_cos[:, pos0:pos0 + T]  # (slot, T, rope_dim/2)
+        sin = self.rope_sin[:, pos0:pos0 + T]
         get_rows(self.token_embd[0], self.token_embd[1], B.ids, B.x)
         if c.embed_scale != 1.0:
             B.x *= np.float32(c.embed_scale)
@@ -199,7 +201,7 @@ class NumbaEngine:
             self._linear(L.attn_v, B.xb, B.v)
             kc, vc = self.key_cache[il], self.value_cache[il]  # (n_kv, n_ctx, hd)
             ops.qk_rope_store(q3, k3, v3, L.attn_q_norm, L.attn_k_norm, c.qk_norm, eps,
-                              B.cos[L.rope_slot], B.sin[L.rope_slot], c.rope_style, kc, vc, pos0)
+                              cos[L.rope_slot], sin[L.rope_slot], c.rope_style, kc, vc, pos0)
             attention(q3, kc, vc, pos0, c.attn_scale, L.window, self.att, heads3)
             self._linear(L.attn_output, B.heads, B.out)
             ops.residual_norm(B.x, B.out, L.post_attention_norm, c.post_norms, L.ffn_norm, eps, B.xb)

@@ -74,10 +74,10 @@ def residual_norm_ref(x, y, post_w, has_post, next_w, eps):
 def rope_cos_sin(positions, base, scale, rope_dim, cos, sin):
     """positions (T,) int64 -> cos, sin (T, rope_dim/2) f32 of angle (pos*scale) * base^(-2i/rope_dim)."""
     half = rope_dim // 2
-    for t in range(positions.shape[0]):
-        p = positions[t] * scale
-        for i in range(half):
-            theta = p * base ** (-2.0 * i / rope_dim)
+    for i in range(half):
+        freq = base ** (-2.0 * i / rope_dim)
+        for t in range(positions.shape[0]):
+            theta = positions[t] * scale * freq
             cos[t, i] = math.cos(theta)
             sin[t, i] = math.sin(theta)
 
@@ -272,14 +272,19 @@ def attention_ref(q: np.ndarray, key_cache: np.ndarray, value_cache: np.ndarray,
 
 @jit
 def gated_act(gate, up, activation, out):
-    """gate, up, out (n,) f32: out = act(gate) * up, act SiLU or GELU-tanh (out may alias gate)."""
+    """gate, up, out (n,) f32: out = act(gate) * up, act SiLU or GELU-tanh (out may alias gate).
+
+    GELU-tanh is computed as g * sigmoid(2u) with u = sqrt(2/pi)(g + 0.044715 g^3), which equals
+    0.5 g (1 + tanh(u)) and is ~3x faster than calling tanh (no fastmath: exp may overflow to inf).
+    """
+    one = np.float32(1.0)
     for i in range(gate.shape[0]):
         g = gate[i]
         if activation == ACT_GELU_TANH:
-            a = 0.5 * g * (1.0 + math.tanh(SQRT_2_OVER_PI * (g + GELU_COEF_A * g * g * g)))
+            z = np.float32(2.0 * SQRT_2_OVER_PI) * (g + np.float32(GELU_COEF_A) * g * g * g)
         else:
-            a = g / (1.0 + math.exp(-g))
-        out[i] = a * up[i]
+            z = g
+        out[i] = g * up[i] / (one + np.exp(-z))
     return out
 
 
