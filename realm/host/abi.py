@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from realm.errors import ConfigError, GGUFError, GuestError, UnsupportedError
+from realm.quants import GGMLType
 from realm.host.store import BadModelError, IdConflictError, ModelStore, QuotaError, StoredModel
 
 log = logging.getLogger("realm.host")
@@ -463,6 +464,10 @@ class Tenant:
 
 def _dequantize(data: np.ndarray, ggml_type, n_elements: int) -> np.ndarray:
     """f32 values of a tensor: the Numba kernels when present, else the NumPy reference."""
+    if ggml_type == GGMLType.F32 and data.size == 4 * n_elements:
+        return data.view(np.float32)  # no conversion (and no Numba import for norm vectors)
+    if ggml_type == GGMLType.F16 and data.size == 2 * n_elements:
+        return data.view(np.float16).astype(np.float32)  # exact
     try:
         from realm.kernels import dequantize
     except ImportError:
