@@ -82,15 +82,15 @@ pub fn sample(
     }
     cand.sort_unstable_by(|&a, &b| order(x, a, b));
 
-    // 4. top-p: shortest prefix with cumulative softmax >= top_p
+    // 4. top-p: shortest prefix whose running sum of exp(x - x_max), over the total, reaches top_p
     if p.top_p < 1.0 {
         let xmax = x[cand[0] as usize] as f64;
-        let sum: f64 = cand.iter().map(|&i| (x[i as usize] as f64 - xmax).exp()).sum();
+        let total: f64 = cand.iter().map(|&i| (x[i as usize] as f64 - xmax).exp()).sum();
         let mut cum = 0.0f64;
         let mut keep = cand.len();
         for (n, &i) in cand.iter().enumerate() {
-            cum += (x[i as usize] as f64 - xmax).exp() / sum;
-            if cum >= p.top_p as f64 {
+            cum += (x[i as usize] as f64 - xmax).exp();
+            if cum / total >= p.top_p as f64 {
                 keep = n + 1;
                 break;
             }
@@ -98,19 +98,10 @@ pub fn sample(
         cand.truncate(keep.max(1));
     }
 
-    // 5. min-p relative to the most likely candidate
+    // 5. min-p: keep p_i >= min_p * p_max, i.e. exp(x_i - x_max) >= min_p (a prefix: x is sorted)
     if p.min_p > 0.0 {
         let xmax = x[cand[0] as usize] as f64;
-        let sum: f64 = cand.iter().map(|&i| (x[i as usize] as f64 - xmax).exp()).sum();
-        let threshold = p.min_p as f64 * (1.0 / sum);
-        let mut keep = 0;
-        for &i in cand.iter() {
-            if (x[i as usize] as f64 - xmax).exp() / sum >= threshold {
-                keep += 1;
-            } else {
-                break;
-            }
-        }
+        let keep = cand.iter().take_while(|&&i| (x[i as usize] as f64 - xmax).exp() >= p.min_p as f64).count();
         cand.truncate(keep.max(1));
     }
 
