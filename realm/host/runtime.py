@@ -101,17 +101,25 @@ def _tick(eng: wasmtime.Engine) -> None:
 
 
 def module_cache_dir() -> Path:
+    """Compiled-module cache: $REALM_WASM_CACHE_DIR, else `realm.models.cache_dir()/wasm`."""
+    env = os.environ.get("REALM_WASM_CACHE_DIR")
+    if env:
+        return Path(env)
     from realm.models import cache_dir
 
     return cache_dir() / "wasm"
 
 
-def load_module(wasm: bytes | str | os.PathLike, *, cache: bool = True) -> wasmtime.Module:
-    """Compile a module (wasm bytes, WAT text or a path), once per process and once on disk.
+def load_module(wasm: bytes | str | os.PathLike | None = None, *, cache: bool = True) -> wasmtime.Module:
+    """Compile a module (wasm bytes, WAT text, a path; None: the shipped guest), once per process and on disk.
 
     The disk cache is keyed by the SHA-256 of the wasm and the wasmtime version; each file carries
     the SHA-256 of its payload, and a corrupt or incompatible file is recompiled and replaced.
     """
+    if wasm is None:
+        wasm = default_guest_path()
+        if not wasm.is_file():
+            raise guest_error(f"the guest {wasm} is missing; build it with guest_rs/build.sh")
     if isinstance(wasm, os.PathLike) or (isinstance(wasm, str) and wasm.endswith(".wasm")):
         wasm = Path(wasm).read_bytes()
     elif isinstance(wasm, str):  # WAT text
