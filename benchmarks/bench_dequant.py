@@ -88,8 +88,11 @@ def main() -> None:
     emit(bench="machine", cpus=os.cpu_count(), numba_threads=numba.config.NUMBA_NUM_THREADS,
          numba=numba.__version__, numpy=np.__version__, threading_layer=numba.config.THREADING_LAYER)
     emit(bench="memory", **memory_bandwidth(np, 256 << 20, args.repeat))
+    c0 = time.process_time()
     warm_s = warmup()
-    emit(bench="compile", import_s=round(import_s, 3), warmup_s=round(warm_s, 3), cold_cache=args.cold,
+    warm_cpu_s = time.process_time() - c0
+    emit(bench="compile", import_s=round(import_s, 3), warmup_s=round(warm_s, 3),
+         warmup_cpu_s=round(warm_cpu_s, 3), cold_cache=args.cold,
          note="warmup compiles (or loads from cache) every dequant/quant kernel")
 
     types = [GGMLType[n] for n in args.types.split(",") if n] or sorted(SUPPORTED)
