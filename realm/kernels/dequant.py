@@ -1,11 +1,11 @@
 """Numba dequantization kernels: raw GGML blocks -> float32, bit-exact with `realm.quants.dequantize_ref`.
 
 Each `dequantize_<type>(blocks, out)` takes blocks (nb, type_size) uint8 and fills out
-(nb * block_size,) float32, parallel over blocks; F16/BF16 take the raw values as 1-D uint16 and
-write the float32 bit patterns into a uint32 view of the output (F32 is a plain copy). Block layouts and bit diagrams are in `realm/quants.py` (the spec);
-operation order follows ggml's `dequantize_row_*`
+(nb * block_size,) float32, parallel over blocks; F16/BF16 take 1-D uint16 values and write float32
+bit patterns into a uint32 view of `out` (F32 is a plain copy). Layouts and bit diagrams live in
+`realm/quants.py` (the spec); operation order follows ggml's `dequantize_row_*`
 (https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/ggml-quants.c), never fused (fastmath off).
-Also the scalar bit helpers every kernel shares: `f16_to_f32`, `f32_to_f16`, `u32_as_f32`, `f32_as_u32`.
+Also the scalar bit helpers kernels share: `f16_to_f32`, `f32_to_f16`, `u32_as_f32`, `f32_as_u32`.
 """
 
 from __future__ import annotations
