@@ -38,6 +38,7 @@ pub fn store_model(gguf: &[u8], model_id: i64) -> i64 {
 }
 
 /// Fetch a tensor dequantized to f32 by the host into `out`; returns bytes written.
+#[allow(dead_code)]
 pub fn get_tensor(model_id: i64, name: &str, out: &mut [f32]) -> i32 {
     let out_max = (out.len() * 4).min(i32::MAX as usize) as i32;
     unsafe { realm_get_tensor(model_id, ptr(name.as_ptr()), name.len() as i32, ptr(out.as_ptr()), out_max) }

@@ -389,25 +389,22 @@ fn matrix(model_id: i64, name: &str, rows: usize, cols: usize) -> Res<Matrix> {
     Ok(Matrix { handle, ggml_type: t, rows, cols, row_bytes, n_bytes, slot: None })
 }
 
-/// Fetch a 1-D weight of `n` elements, dequantized by the host.
+/// Fetch a 1-D weight of `n` elements (raw bytes, one read) and dequantize it in the guest.
 fn vector(model_id: i64, name: &str, n: usize, budget: usize) -> Res<Vec<f32>> {
-    let (_, info) = lookup(model_id, name)?;
+    let (handle, info) = lookup(model_id, name)?;
+    let t = GgmlType::from_u32(info.ggml_type).ok_or(ERR_UNSUPPORTED)?;
     let n_elements = info.ne.iter().product::<u64>();
-    if n_elements != n as u64 || info.ne[0] != n as u64 {
+    let n_bytes = t.row_bytes(n);
+    if n_elements != n as u64 || info.ne[0] != n as u64 || n_bytes.map(|b| b as u64) != Some(info.n_bytes) {
         host::log(3, &format!("tensor {} has the wrong shape", name));
         return Err(ERR_BAD_CONFIG);
     }
+    let mut raw = try_vec(info.n_bytes as usize, 0u8, budget)?;
     let mut out = try_vec(n, 0f32, budget)?;
-    let s = stats();
-    s.host_calls += 1;
-    let rc = host::get_tensor(model_id, name, &mut out);
-    if rc < 0 {
-        return Err(rc);
-    }
-    if rc as usize != 4 * n {
-        return Err(ERR_INTERNAL);
-    }
-    s.bytes_fetched += rc as u64;
+    let fetched = fetch(model_id, handle, 0, &mut raw);
+    kernels::dequantize(t, &raw, &mut out);
+    release(&mut raw);
+    fetched?;
     Ok(out)
 }
 
