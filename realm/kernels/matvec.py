@@ -3,8 +3,8 @@
 Weights stay quantized: `w_rows` is a (rows, row_bytes) uint8 view (usually read-only, of the
 model's mmap). Decode (`matvec`) is memory-bandwidth bound, so each kernel streams four rows per
 iteration sharing every activation load, prefetches the next rows, and runs over row chunks with
-`prange`. Q8_0 (the default model's 178 MB tied output matrix) is fully fused with f32
-activations, Q5_0 (the FFN's gate/up) too; every other type dequantizes four rows into a small
+`prange`. The default model's types (Q8_0: the 178 MB tied output matrix; Q5_0, Q4_K,
+Q6_K) are fully fused with f32 activations; every other type dequantizes four rows into a small
 per-thread f32 scratch (L1) and dots them with x. Prefill (`matmul`) dequantizes a tile of rows once and reuses it for all T tokens.
 Block layouts: `realm/quants.py`; bit facts from
 https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/ggml-quants.c (dequantize_row_*).
@@ -593,33 +593,45 @@ def _matvec_q8_0(w, tbl, x, out):
         _matvec_rows_q8_0(w, tbl, x, out, lo, min(rows, lo + _ROW_CHUNK))
 
 
-# Bit j of a Q5 block's qh (uint32): BIT[j] = 1 << j.
-_BIT = (np.uint32(1) << np.arange(32, dtype=np.uint32)).astype(np.uint32)
-_U15 = np.uint8(15)
+_U3 = np.uint8(3)
 _U4 = np.uint8(4)
-_I16 = np.int32(16)
-_I0 = np.int32(0)
+_U6 = np.uint8(6)
+_U15 = np.uint8(15)
+_U63 = np.uint8(63)
+# Q5 high bits as floats: _HB16[byte, i] = 16.0 * bit i of byte (256, 8); one table row covers 8
+# elements, so the 5th bit costs a vector load and add instead of 64-bit lane compares (1.7 ->
+# 3.8 GB/s for Q5_0 on one thread).
+_HB16 = (((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1) * 16).astype(np.float32)
 
 
-@jit
-def _qh_u32(b, o):
-    """uint32 stored little-endian at bytes b[o .. o+3]."""
-    return (np.uint32(b[o]) | (np.uint32(b[o + 1]) << np.uint32(8)) | (np.uint32(b[o + 2]) << np.uint32(16))
-            | (np.uint32(b[o + 3]) << np.uint32(24)))
+@jit(fastmath=_FAST)
+def _block_sums(x, size):
+    """(cols/size,) float32 sums of x over consecutive groups of `size`."""
+    n = x.shape[0] // size
+    xs = np.empty(n, np.float32)  # (cols/size,)
+    for b in range(n):
+        s = np.float32(0)
+        for j in range(size):
+            s += x[size * b + j]
+        xs[b] = s
+    return xs
 
 
 @jit(fastmath=_FAST)
 def _matvec_rows_q5_0(w, tbl, x, xs, out, lo, hi):
     """Fused Q5_0: out[lo:hi] = w[lo:hi] @ x; xs (cols/32,) sums of x per block.
 
-    Per block: d * (sum_j q_j x_j - 16 * xs[b]), q_j = nibble | (qh bit j) << 4 in 0..31.
+    Per block: d * (sum_j q_j x_j - 16 * xs[b]) with q_j = nibble + 16 * (qh bit j) in 0..31;
+    lane j of the 8-wide loop handles elements j, j+8 (low nibbles of qs[j], qs[8+j]) and
+    j+16, j+24 (their high nibbles), whose 5th bits are bit j of qh bytes 0, 1, 2, 3.
     """
     flat = w.reshape(-1)
     rb = w.shape[1]
     nb = x.shape[0] // 32
+    hb = _HB16
     r = lo
     while r < hi:
-        n_rows = min(4, hi - r)  # 4, or the 1..3 remainder rows (then rows repeat; stores skipped)
+        n_rows = min(4, hi - r)  # 4, or a 1..3 remainder (the last row repeats; stores skipped)
         r0 = w[r]
         r1 = w[r + min(1, n_rows - 1)]
         r2 = w[r + min(2, n_rows - 1)]
@@ -633,68 +645,312 @@ def _matvec_rows_q5_0(w, tbl, x, xs, out, lo, hi):
             o = b * 22
             _prefetch_range(flat, p, p + 88)
             p += 88
-            xl = x[b * 32:b * 32 + 16]
-            xh = x[b * 32 + 16:b * 32 + 32]
-            h0 = _qh_u32(r0, o + 2)
-            h1 = _qh_u32(r1, o + 2)
-            h2 = _qh_u32(r2, o + 2)
-            h3 = _qh_u32(r3, o + 2)
-            q0 = r0[o + 6:o + 22]
-            q1 = r1[o + 6:o + 22]
-            q2 = r2[o + 6:o + 22]
-            q3 = r3[o + 6:o + 22]
+            xb = x[b * 32:b * 32 + 32]
+            q0 = r0[o + 2:o + 22]  # qh[4] | qs[16]
+            q1 = r1[o + 2:o + 22]
+            q2 = r2[o + 2:o + 22]
+            q3 = r3[o + 2:o + 22]
+            h00 = hb[q0[0]]
+            h01 = hb[q0[1]]
+            h02 = hb[q0[2]]
+            h03 = hb[q0[3]]
+            h10 = hb[q1[0]]
+            h11 = hb[q1[1]]
+            h12 = hb[q1[2]]
+            h13 = hb[q1[3]]
+            h20 = hb[q2[0]]
+            h21 = hb[q2[1]]
+            h22 = hb[q2[2]]
+            h23 = hb[q2[3]]
+            h30 = hb[q3[0]]
+            h31 = hb[q3[1]]
+            h32 = hb[q3[2]]
+            h33 = hb[q3[3]]
             s0 = np.float32(0)
             s1 = np.float32(0)
             s2 = np.float32(0)
             s3 = np.float32(0)
-            for j in range(16):
-                xa = xl[j]
-                xc = xh[j]
-                ml = _BIT[j]
-                mh = _BIT[j + 16]
-                v = q0[j]
-                s0 += (np.float32(np.int32(v & _U15) + (_I16 if h0 & ml else _I0)) * xa
-                       + np.float32(np.int32(v >> _U4) + (_I16 if h0 & mh else _I0)) * xc)
-                v = q1[j]
-                s1 += (np.float32(np.int32(v & _U15) + (_I16 if h1 & ml else _I0)) * xa
-                       + np.float32(np.int32(v >> _U4) + (_I16 if h1 & mh else _I0)) * xc)
-                v = q2[j]
-                s2 += (np.float32(np.int32(v & _U15) + (_I16 if h2 & ml else _I0)) * xa
-                       + np.float32(np.int32(v >> _U4) + (_I16 if h2 & mh else _I0)) * xc)
-                v = q3[j]
-                s3 += (np.float32(np.int32(v & _U15) + (_I16 if h3 & ml else _I0)) * xa
-                       + np.float32(np.int32(v >> _U4) + (_I16 if h3 & mh else _I0)) * xc)
+            for j in range(8):
+                x0 = xb[j]
+                x1 = xb[j + 8]
+                x2 = xb[j + 16]
+                x3 = xb[j + 24]
+                u = q0[4 + j]
+                v = q0[12 + j]
+                s0 += ((np.float32(np.int32(u & _U15)) + h00[j]) * x0
+                       + (np.float32(np.int32(v & _U15)) + h01[j]) * x1
+                       + (np.float32(np.int32(u >> _U4)) + h02[j]) * x2
+                       + (np.float32(np.int32(v >> _U4)) + h03[j]) * x3)
+                u = q1[4 + j]
+                v = q1[12 + j]
+                s1 += ((np.float32(np.int32(u & _U15)) + h10[j]) * x0
+                       + (np.float32(np.int32(v & _U15)) + h11[j]) * x1
+                       + (np.float32(np.int32(u >> _U4)) + h12[j]) * x2
+                       + (np.float32(np.int32(v >> _U4)) + h13[j]) * x3)
+                u = q2[4 + j]
+                v = q2[12 + j]
+                s2 += ((np.float32(np.int32(u & _U15)) + h20[j]) * x0
+                       + (np.float32(np.int32(v & _U15)) + h21[j]) * x1
+                       + (np.float32(np.int32(u >> _U4)) + h22[j]) * x2
+                       + (np.float32(np.int32(v >> _U4)) + h23[j]) * x3)
+                u = q3[4 + j]
+                v = q3[12 + j]
+                s3 += ((np.float32(np.int32(u & _U15)) + h30[j]) * x0
+                       + (np.float32(np.int32(v & _U15)) + h31[j]) * x1
+                       + (np.float32(np.int32(u >> _U4)) + h32[j]) * x2
+                       + (np.float32(np.int32(v >> _U4)) + h33[j]) * x3)
             x16 = np.float32(16) * xs[b]
             a0 += _f16(tbl, r0, o) * (s0 - x16)
             a1 += _f16(tbl, r1, o) * (s1 - x16)
             a2 += _f16(tbl, r2, o) * (s2 - x16)
             a3 += _f16(tbl, r3, o) * (s3 - x16)
-        out[r] = a0
-        if n_rows > 1:
-            out[r + 1] = a1
-        if n_rows > 2:
-            out[r + 2] = a2
-        if n_rows > 3:
-            out[r + 3] = a3
+        _store4(out, r, n_rows, a0, a1, a2, a3)
         r += n_rows
+
+
+@jit
+def _store4(out, r, n_rows, a0, a1, a2, a3):
+    """out[r : r + n_rows] = (a0, a1, a2, a3)[:n_rows]."""
+    out[r] = a0
+    if n_rows > 1:
+        out[r + 1] = a1
+    if n_rows > 2:
+        out[r + 2] = a2
+    if n_rows > 3:
+        out[r + 3] = a3
 
 
 @pjit(fastmath=_FAST)
 def _matvec_q5_0(w, tbl, x, out):
     """out (rows,) = w (rows, cols/32*22) Q5_0 @ x (cols,), parallel over row chunks."""
     rows = w.shape[0]
-    nb = x.shape[0] // 32
-    xs = np.empty(nb, np.float32)  # (cols/32,) block sums of x
-    for b in range(nb):
-        s = np.float32(0)
-        for j in range(32):
-            s += x[32 * b + j]
-        xs[b] = s
+    xs = _block_sums(x, 32)  # (cols/32,)
     n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
     for c in prange(n_chunks):
         lo = c * _ROW_CHUNK
         _matvec_rows_q5_0(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK))
 
+
+@jit(fastmath=_FAST, inline="always")
+def _k4_block_scales(row, o, tbl, xsb, dsc):
+    """Q4_K block at row[o:]: dsc[j] = d * sc_j (j < 8); returns dmin * sum_j m_j * xsb[j]."""
+    d = _f16(tbl, row, o)
+    dmin = _f16(tbl, row, o + 2)
+    s = row[o + 4:o + 16]
+    mt = np.float32(0)
+    for j in range(4):  # get_scale_min_k4, unrolled: j and j + 4
+        dsc[j] = d * np.float32(np.int32(s[j] & _U63))
+        mt += np.float32(np.int32(s[j + 4] & _U63)) * xsb[j]
+        dsc[j + 4] = d * np.float32(np.int32(s[j + 8] & _U15) | (np.int32(s[j] >> _U6) << 4))
+        mt += np.float32(np.int32(s[j + 8] >> _U4) | (np.int32(s[j + 4] >> _U6) << 4)) * xsb[j + 4]
+    return dmin * mt
+
+
+@jit(fastmath=_FAST)
+def _matvec_rows_q4_k(w, tbl, x, xs, out, lo, hi, dsc):
+    """Fused Q4_K: out[lo:hi] = w[lo:hi] @ x; xs (cols/32,) sums of x; dsc (4, 8) scratch.
+
+    Per block: sum_j d*sc_j * (q·x over sub-block j) - dmin * sum_j m_j * xs[j].
+    """
+    flat = w.reshape(-1)
+    rb = w.shape[1]
+    nb = x.shape[0] // 256
+    e0 = dsc[0]
+    e1 = dsc[1]
+    e2 = dsc[2]
+    e3 = dsc[3]
+    r = lo
+    while r < hi:
+        n_rows = min(4, hi - r)
+        r0 = w[r]
+        r1 = w[r + min(1, n_rows - 1)]
+        r2 = w[r + min(2, n_rows - 1)]
+        r3 = w[r + min(3, n_rows - 1)]
+        a0 = np.float32(0)
+        a1 = np.float32(0)
+        a2 = np.float32(0)
+        a3 = np.float32(0)
+        p = (r + 4) * rb
+        for b in range(nb):
+            o = b * 144
+            _prefetch_range(flat, p, p + 576)
+            p += 576
+            xsb = xs[8 * b:8 * b + 8]
+            a0 -= _k4_block_scales(r0, o, tbl, xsb, e0)
+            a1 -= _k4_block_scales(r1, o, tbl, xsb, e1)
+            a2 -= _k4_block_scales(r2, o, tbl, xsb, e2)
+            a3 -= _k4_block_scales(r3, o, tbl, xsb, e3)
+            for c in range(4):  # 64 elements: 32 low nibbles (sub-block 2c), 32 high (2c+1)
+                xl = x[256 * b + 64 * c:256 * b + 64 * c + 32]
+                xh = x[256 * b + 64 * c + 32:256 * b + 64 * c + 64]
+                q0 = r0[o + 16 + 32 * c:o + 48 + 32 * c]
+                q1 = r1[o + 16 + 32 * c:o + 48 + 32 * c]
+                q2 = r2[o + 16 + 32 * c:o + 48 + 32 * c]
+                q3 = r3[o + 16 + 32 * c:o + 48 + 32 * c]
+                l0 = np.float32(0)
+                l1 = np.float32(0)
+                l2 = np.float32(0)
+                l3 = np.float32(0)
+                h0 = np.float32(0)
+                h1 = np.float32(0)
+                h2 = np.float32(0)
+                h3 = np.float32(0)
+                for l in range(32):
+                    xa = xl[l]
+                    xb = xh[l]
+                    v = q0[l]
+                    l0 += np.float32(np.int32(v & _U15)) * xa
+                    h0 += np.float32(np.int32(v >> _U4)) * xb
+                    v = q1[l]
+                    l1 += np.float32(np.int32(v & _U15)) * xa
+                    h1 += np.float32(np.int32(v >> _U4)) * xb
+                    v = q2[l]
+                    l2 += np.float32(np.int32(v & _U15)) * xa
+                    h2 += np.float32(np.int32(v >> _U4)) * xb
+                    v = q3[l]
+                    l3 += np.float32(np.int32(v & _U15)) * xa
+                    h3 += np.float32(np.int32(v >> _U4)) * xb
+                a0 += e0[2 * c] * l0 + e0[2 * c + 1] * h0
+                a1 += e1[2 * c] * l1 + e1[2 * c + 1] * h1
+                a2 += e2[2 * c] * l2 + e2[2 * c + 1] * h2
+                a3 += e3[2 * c] * l3 + e3[2 * c + 1] * h3
+        _store4(out, r, n_rows, a0, a1, a2, a3)
+        r += n_rows
+
+
+@pjit(fastmath=_FAST)
+def _matvec_q4_k(w, tbl, x, out):
+    """out (rows,) = w (rows, cols/256*144) Q4_K @ x (cols,), parallel over row chunks."""
+    rows = w.shape[0]
+    xs = _block_sums(x, 32)  # (cols/32,)
+    n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
+    for c in prange(n_chunks):
+        dsc = np.empty((4, 8), np.float32)  # (4 rows, 8 sub-blocks) d * sc
+        lo = c * _ROW_CHUNK
+        _matvec_rows_q4_k(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), dsc)
+
+
+@jit(fastmath=_FAST)
+def _matvec_rows_q6_k(w, tbl, x, out, lo, hi):
+    """Fused Q6_K: out[lo:hi] = w[lo:hi] @ x (layout and element order: `_dq_row_q6_k`).
+
+    Per (half n, group h) of 64 elements, lane l (16) holds elements l, l+32, l+64, l+96, each
+    with its own scale d * sc[8n + h + {0, 2, 4, 6}], folded in per element (one accumulator).
+    """
+    flat = w.reshape(-1)
+    rb = w.shape[1]
+    nb = x.shape[0] // 256
+    wi = w.view(np.int8)
+    r = lo
+    while r < hi:
+        n_rows = min(4, hi - r)
+        k1 = r + min(1, n_rows - 1)
+        k2 = r + min(2, n_rows - 1)
+        k3 = r + min(3, n_rows - 1)
+        r0 = w[r]
+        r1 = w[k1]
+        r2 = w[k2]
+        r3 = w[k3]
+        i0 = wi[r]
+        i1 = wi[k1]
+        i2 = wi[k2]
+        i3 = wi[k3]
+        a0 = np.float32(0)
+        a1 = np.float32(0)
+        a2 = np.float32(0)
+        a3 = np.float32(0)
+        p = (r + 4) * rb
+        for b in range(nb):
+            o = b * 210
+            _prefetch_range(flat, p, p + 840)
+            p += 840
+            d0 = _f16(tbl, r0, o + 208)
+            d1 = _f16(tbl, r1, o + 208)
+            d2 = _f16(tbl, r2, o + 208)
+            d3 = _f16(tbl, r3, o + 208)
+            s0 = np.float32(0)
+            s1 = np.float32(0)
+            s2 = np.float32(0)
+            s3 = np.float32(0)
+            for n in range(2):
+                for h in range(2):
+                    lq = o + 64 * n + 16 * h  # ql[l] at lq + l, ql[l + 32] at lq + 32 + l
+                    lh = o + 128 + 32 * n + 16 * h
+                    ls = o + 192 + 8 * n + h
+                    xb = x[256 * b + 128 * n + 16 * h:256 * b + 128 * n + 16 * h + 112]
+                    ql0 = r0[lq:lq + 48]
+                    ql1 = r1[lq:lq + 48]
+                    ql2 = r2[lq:lq + 48]
+                    ql3 = r3[lq:lq + 48]
+                    qh0 = r0[lh:lh + 16]
+                    qh1 = r1[lh:lh + 16]
+                    qh2 = r2[lh:lh + 16]
+                    qh3 = r3[lh:lh + 16]
+                    f00 = d0 * np.float32(i0[ls])
+                    f01 = d0 * np.float32(i0[ls + 2])
+                    f02 = d0 * np.float32(i0[ls + 4])
+                    f03 = d0 * np.float32(i0[ls + 6])
+                    f10 = d1 * np.float32(i1[ls])
+                    f11 = d1 * np.float32(i1[ls + 2])
+                    f12 = d1 * np.float32(i1[ls + 4])
+                    f13 = d1 * np.float32(i1[ls + 6])
+                    f20 = d2 * np.float32(i2[ls])
+                    f21 = d2 * np.float32(i2[ls + 2])
+                    f22 = d2 * np.float32(i2[ls + 4])
+                    f23 = d2 * np.float32(i2[ls + 6])
+                    f30 = d3 * np.float32(i3[ls])
+                    f31 = d3 * np.float32(i3[ls + 2])
+                    f32 = d3 * np.float32(i3[ls + 4])
+                    f33 = d3 * np.float32(i3[ls + 6])
+                    for l in range(16):
+                        x0 = xb[l]
+                        x1 = xb[l + 32]
+                        x2 = xb[l + 64]
+                        x3 = xb[l + 96]
+                        a = ql0[l]
+                        c = ql0[l + 32]
+                        g = qh0[l]
+                        s0 += (np.float32(np.int32(a & _U15) + (np.int32(g & _U3) << 4) - 32) * f00 * x0
+                               + np.float32(np.int32(c & _U15) + (np.int32((g >> 2) & _U3) << 4) - 32) * f01 * x1
+                               + np.float32(np.int32(a >> _U4) + (np.int32((g >> 4) & _U3) << 4) - 32) * f02 * x2
+                               + np.float32(np.int32(c >> _U4) + (np.int32(g >> _U6) << 4) - 32) * f03 * x3)
+                        a = ql1[l]
+                        c = ql1[l + 32]
+                        g = qh1[l]
+                        s1 += (np.float32(np.int32(a & _U15) + (np.int32(g & _U3) << 4) - 32) * f10 * x0
+                               + np.float32(np.int32(c & _U15) + (np.int32((g >> 2) & _U3) << 4) - 32) * f11 * x1
+                               + np.float32(np.int32(a >> _U4) + (np.int32((g >> 4) & _U3) << 4) - 32) * f12 * x2
+                               + np.float32(np.int32(c >> _U4) + (np.int32(g >> _U6) << 4) - 32) * f13 * x3)
+                        a = ql2[l]
+                        c = ql2[l + 32]
+                        g = qh2[l]
+                        s2 += (np.float32(np.int32(a & _U15) + (np.int32(g & _U3) << 4) - 32) * f20 * x0
+                               + np.float32(np.int32(c & _U15) + (np.int32((g >> 2) & _U3) << 4) - 32) * f21 * x1
+                               + np.float32(np.int32(a >> _U4) + (np.int32((g >> 4) & _U3) << 4) - 32) * f22 * x2
+                               + np.float32(np.int32(c >> _U4) + (np.int32(g >> _U6) << 4) - 32) * f23 * x3)
+                        a = ql3[l]
+                        c = ql3[l + 32]
+                        g = qh3[l]
+                        s3 += (np.float32(np.int32(a & _U15) + (np.int32(g & _U3) << 4) - 32) * f30 * x0
+                               + np.float32(np.int32(c & _U15) + (np.int32((g >> 2) & _U3) << 4) - 32) * f31 * x1
+                               + np.float32(np.int32(a >> _U4) + (np.int32((g >> 4) & _U3) << 4) - 32) * f32 * x2
+                               + np.float32(np.int32(c >> _U4) + (np.int32(g >> _U6) << 4) - 32) * f33 * x3)
+            a0 += s0
+            a1 += s1
+            a2 += s2
+            a3 += s3
+        _store4(out, r, n_rows, a0, a1, a2, a3)
+        r += n_rows
+
+
+@pjit(fastmath=_FAST)
+def _matvec_q6_k(w, tbl, x, out):
+    """out (rows,) = w (rows, cols/256*210) Q6_K @ x (cols,), parallel over row chunks."""
+    rows = w.shape[0]
+    n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
+    for c in prange(n_chunks):
+        lo = c * _ROW_CHUNK
+        _matvec_rows_q6_k(w, tbl, x, out, lo, min(rows, lo + _ROW_CHUNK))
 
 # ---------------------------------------------------------------------------------------------
 # matmul (prefill): each row tile dequantized once, reused for every token
@@ -809,6 +1065,10 @@ def matvec(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarr
         _matvec_q8_0(w_rows, F16_TABLE, x, out)
     elif kind == _K_Q5_0:
         _matvec_q5_0(w_rows, F16_TABLE, x, out)
+    elif kind == _K_Q4_K:
+        _matvec_q4_k(w_rows, F16_TABLE, x, out)
+    elif kind == _K_Q6_K:
+        _matvec_q6_k(w_rows, F16_TABLE, x, out)
     else:
         _matvec_generic(kind, w_rows, F16_TABLE, x, out)
     return out
