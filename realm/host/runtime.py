@@ -268,12 +268,12 @@ class Guest:
 
         def callback(env, caller, vals, n_vals):
             try:
-                rc = fn(_caller_context(caller), *unpack(ctypes.string_at(vals, n_bytes)))
+                result = pack_result(fn(_caller_context(caller), *unpack(ctypes.string_at(vals, n_bytes))))
             except BaseException as e:  # fn catches Exception itself; this is Ctrl-C and friends
                 guest._pending = e
                 trap = wasmtime.Trap(f"host call {name} interrupted")._consume()
                 return ctypes.cast(trap, ctypes.c_void_p).value
-            ctypes.memmove(vals, pack_result(rc), 8)
+            ctypes.memmove(vals, result, 8)
             return 0
 
         cfunc = _RAW_CALLBACK(callback)
