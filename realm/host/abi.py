@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from realm.errors import ConfigError, GGUFError, GuestError, UnsupportedError
-from realm.quants import GGMLType
+from realm.quants import SUPPORTED, GGMLType
 from realm.host.store import BadModelError, IdConflictError, ModelStore, QuotaError, StoredModel
 
 log = logging.getLogger("realm.host")
@@ -339,6 +339,9 @@ class Tenant:
         if n_out > _I32_MAX:
             return int(Err.ERR_TOO_SMALL)
         out = self._range(mem_len, out_ptr, n_out)
+        if info.ggml_type not in SUPPORTED:
+            return int(Err.ERR_UNSUPPORTED)
+        self._charge(model_id, n_out)  # before the work: a tenant over quota costs no dequantization
         try:
             values = _dequantize(held.entry.gguf.tensor_bytes(name), info.ggml_type, int(info.n_elements))
         except (UnsupportedError, NotImplementedError, KeyError):
@@ -347,7 +350,6 @@ class Tenant:
         if values.size * 4 != n_out:
             log.error("%s: dequantizing %s gave %d values, expected %d", self.name, name, values.size, n_out // 4)
             return int(Err.ERR_INTERNAL)
-        self._charge(model_id, n_out)
         ctypes.memmove(base + out, values.ctypes.data, n_out)
         return n_out
 

@@ -168,3 +168,38 @@ def test_budget_too_small_for_the_context_is_a_clear_error(synth_model):
         with pytest.raises(GuestError, match="vocabulary"):
             eng.eval([config.vocab_size])
         eng.close()
+
+
+BUSY = """(module (memory (export "memory") 1)
+  (func (export "work") (param $n i32) (result i32) (local $i i32) (local $x i32)
+    (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $x (i32.add (i32.mul (local.get $x) (i32.const 1664525)) (i32.const 1013904223)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (local.get $x)))"""
+
+
+def test_a_running_guest_releases_the_gil():
+    """Python threads (and other guests) run while a guest computes: wasm calls drop the GIL."""
+    import time
+
+    from realm.host.runtime import Guest
+
+    g = Guest(BUSY, model_store=ModelStore())
+    stamps: list[float] = []
+    done = threading.Event()
+
+    def ticker() -> None:
+        while not done.is_set():
+            stamps.append(time.perf_counter())
+
+    t = threading.Thread(target=ticker)
+    t.start()
+    time.sleep(0.05)
+    t0 = time.perf_counter()
+    g.call("work", 200_000_000)  # ~0.3-1 s of pure wasm
+    t1 = time.perf_counter()
+    done.set()
+    t.join()
+    inside = [s for s in stamps if t0 + 0.1 * (t1 - t0) < s < t1 - 0.1 * (t1 - t0)]
+    assert t1 - t0 > 0.05, "the busy loop was too short to tell"
+    assert len(inside) > 100, f"only {len(inside)} Python steps ran during a {t1 - t0:.2f} s guest call"
