@@ -170,8 +170,12 @@ impl Config {
             tied_output: flags & FLAG_TIED_OUTPUT != 0,
             final_logit_softcap: f(w::FINAL_LOGIT_SOFTCAP),
         };
-        let dims_ok = c.dim > 0
-            && c.hidden_dim > 0
+        let small = |v: usize| v > 0 && v <= 1 << 20;
+        let dims_ok = small(c.dim)
+            && small(c.hidden_dim)
+            && c.n_heads <= 1 << 12
+            && c.n_kv_heads <= c.n_heads
+            && c.head_dim <= 1 << 16
             && c.n_layers > 0
             && c.n_heads > 0
             && c.n_kv_heads > 0
@@ -182,8 +186,6 @@ impl Config {
             && c.rope_dim > 0
             && c.rope_dim % 2 == 0
             && c.rope_dim <= c.head_dim
-            && c.dim <= 1 << 20
-            && c.hidden_dim <= 1 << 20
             && c.n_layers <= 4096
             && c.n_heads * c.head_dim <= 1 << 20
             && c.vocab_size <= 1 << 24;
@@ -432,6 +434,14 @@ impl Engine {
         let (n_tensors, total) = host::get_model_info(model_id)?;
         host::log(0, &format!("realm guest: model {} tensors, {} bytes; n_ctx {}, budget {}", n_tensors, total, n_ctx, budget));
         let (dim, hidden, q_dim, kv_dim, vocab) = (cfg.dim, cfg.hidden_dim, cfg.q_dim(), cfg.kv_dim(), cfg.vocab_size);
+        // the KV cache alone must fit (checked in u64: positions x dims can exceed 32 bits)
+        let kv_positions: u64 = (0..cfg.n_layers)
+            .map(|il| if cfg.layer_is_sliding(il) { n_ctx.min(cfg.sliding_window) } else { n_ctx } as u64)
+            .sum();
+        let kv_bytes = 4 * kv_positions * kv_dim as u64;
+        if kv_bytes > budget as u64 {
+            return Err(ERR_OOM);
+        }
 
         // tensors
         let token_embd = matrix(model_id, "token_embd.weight", vocab, dim)?;
