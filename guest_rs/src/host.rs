@@ -41,7 +41,15 @@ pub fn store_model(gguf: &[u8], model_id: i64) -> i64 {
 #[allow(dead_code)]
 pub fn get_tensor(model_id: i64, name: &str, out: &mut [f32]) -> i32 {
     let out_max = (out.len() * 4).min(i32::MAX as usize) as i32;
-    unsafe { realm_get_tensor(model_id, ptr(name.as_ptr()), name.len() as i32, ptr(out.as_ptr()), out_max) }
+    unsafe {
+        realm_get_tensor(
+            model_id,
+            ptr(name.as_ptr()),
+            name.len() as i32,
+            ptr(out.as_ptr()),
+            out_max,
+        )
+    }
 }
 
 /// (tensor count, total tensor data bytes) of a model, or an error code.
@@ -67,7 +75,14 @@ pub fn remove_model(model_id: i64) -> i32 {
 /// Look a tensor up by name: its handle and `TensorInfo`, or an error code.
 pub fn tensor_info(model_id: i64, name: &str) -> Result<(i32, TensorInfo), i32> {
     let mut info = TensorInfo::default();
-    let rc = unsafe { realm_tensor_info(model_id, ptr(name.as_ptr()), name.len() as i32, ptr(&mut info as *mut TensorInfo)) };
+    let rc = unsafe {
+        realm_tensor_info(
+            model_id,
+            ptr(name.as_ptr()),
+            name.len() as i32,
+            ptr(&mut info as *mut TensorInfo),
+        )
+    };
     let info = unsafe { core::ptr::read_volatile(&info) };
     if rc < 0 {
         Err(rc)

@@ -288,7 +288,8 @@ pub fn dot_bf16(row: &[u8], x: &[f32]) -> f32 {
 
 #[inline(always)]
 fn hsum(v: v128) -> f32 {
-    (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
+    (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v))
+        + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
 }
 
 #[inline(always)]
@@ -381,7 +382,10 @@ pub fn dot_f16_simd(row: &[u8], x: &[f32]) -> f32 {
         let mut acc = f32x4_splat(0.0);
         while i + 8 <= n {
             let (a, b) = f16x8_to_f32x4x2(load(pr.add(2 * i)));
-            acc = f32x4_add(acc, f32x4_add(f32x4_mul(a, loadf(px.add(i))), f32x4_mul(b, loadf(px.add(i + 4)))));
+            acc = f32x4_add(
+                acc,
+                f32x4_add(f32x4_mul(a, loadf(px.add(i))), f32x4_mul(b, loadf(px.add(i + 4)))),
+            );
             i += 8;
         }
         sum = hsum(acc);
@@ -403,7 +407,10 @@ pub fn axpy_f16_simd(y: &mut [f32], a: f32, v: &[u8]) {
         while i + 8 <= n {
             let (lo, hi) = f16x8_to_f32x4x2(load(pv.add(2 * i)));
             v128_store(py.add(i) as *mut v128, f32x4_add(loadf(py.add(i)), f32x4_mul(av, lo)));
-            v128_store(py.add(i + 4) as *mut v128, f32x4_add(loadf(py.add(i + 4)), f32x4_mul(av, hi)));
+            v128_store(
+                py.add(i + 4) as *mut v128,
+                f32x4_add(loadf(py.add(i + 4)), f32x4_mul(av, hi)),
+            );
             i += 8;
         }
     }
@@ -425,7 +432,10 @@ pub fn dot_bf16_simd(row: &[u8], x: &[f32]) -> f32 {
             let h = load(pr.add(2 * i));
             let a = i32x4_shl(u32x4_extend_low_u16x8(h), 16);
             let b = i32x4_shl(u32x4_extend_high_u16x8(h), 16);
-            acc = f32x4_add(acc, f32x4_add(f32x4_mul(a, loadf(px.add(i))), f32x4_mul(b, loadf(px.add(i + 4)))));
+            acc = f32x4_add(
+                acc,
+                f32x4_add(f32x4_mul(a, loadf(px.add(i))), f32x4_mul(b, loadf(px.add(i + 4)))),
+            );
             i += 8;
         }
         sum = hsum(acc);
@@ -469,7 +479,10 @@ pub struct XQ<'a> {
 
 /// Types whose dot uses `XQ`.
 pub fn uses_xq(t: GgmlType) -> bool {
-    matches!(t, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+    matches!(
+        t,
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
+    )
 }
 
 /// Quantize x (len a multiple of 32) into q, d, s.
@@ -501,7 +514,10 @@ unsafe fn idot16(w: v128, x: *const i16) -> v128 {
 /// 16 signed bytes · 16 int16 at x -> i32x4 partial sums.
 #[inline(always)]
 unsafe fn idot_i8x16(q: v128, x: *const i16) -> v128 {
-    i32x4_add(idot16(i16x8_extend_low_i8x16(q), x), idot16(i16x8_extend_high_i8x16(q), x.add(8)))
+    i32x4_add(
+        idot16(i16x8_extend_low_i8x16(q), x),
+        idot16(i16x8_extend_high_i8x16(q), x.add(8)),
+    )
 }
 
 #[inline(always)]
@@ -530,7 +546,13 @@ pub fn dot_q8_0_simd(row: &[u8], x: &XQ) -> f32 {
             let px = x.q.as_ptr().add(i * QK8_0);
             let q = b.qs.as_ptr() as *const u8;
             let s = i32x4_add(idot_i8x16(load(q), px), idot_i8x16(load(q.add(16)), px.add(16)));
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(f16_to_f32(b.d) * *x.d.get_unchecked(i))));
+            acc = f32x4_add(
+                acc,
+                f32x4_mul(
+                    f32x4_convert_i32x4(s),
+                    f32x4_splat(f16_to_f32(b.d) * *x.d.get_unchecked(i)),
+                ),
+            );
         }
         hsum(acc)
     }
@@ -547,14 +569,25 @@ pub fn dot4_q8_0_simd(r0: &[u8], r1: &[u8], r2: &[u8], r3: &[u8], x: &XQ) -> [f3
         let mut acc = [f32x4_splat(0.0); 4];
         for i in 0..nb {
             let px = x.q.as_ptr().add(i * QK8_0);
-            let xv = [v128_load(px as *const v128), v128_load(px.add(8) as *const v128), v128_load(px.add(16) as *const v128), v128_load(px.add(24) as *const v128)];
+            let xv = [
+                v128_load(px as *const v128),
+                v128_load(px.add(8) as *const v128),
+                v128_load(px.add(16) as *const v128),
+                v128_load(px.add(24) as *const v128),
+            ];
             let dx = *x.d.get_unchecked(i);
             for (a, b) in acc.iter_mut().zip([&b0[i], &b1[i], &b2[i], &b3[i]]) {
                 let q = b.qs.as_ptr() as *const u8;
                 let (w0, w1) = (load(q), load(q.add(16)));
                 let s = i32x4_add(
-                    i32x4_add(i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), xv[0]), i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), xv[1])),
-                    i32x4_add(i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), xv[2]), i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), xv[3])),
+                    i32x4_add(
+                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), xv[0]),
+                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), xv[1]),
+                    ),
+                    i32x4_add(
+                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), xv[2]),
+                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), xv[3]),
+                    ),
                 );
                 *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(f16_to_f32(b.d) * dx)));
             }
@@ -590,7 +623,13 @@ pub fn dot_q4_0_simd(row: &[u8], x: &XQ) -> f32 {
             let lo = i8x16_sub(v128_and(v, m4), eight);
             let hi = i8x16_sub(u8x16_shr(v, 4), eight);
             let s = i32x4_add(idot_i8x16(lo, px), idot_i8x16(hi, px.add(16)));
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(f16_to_f32(b.d) * *x.d.get_unchecked(i))));
+            acc = f32x4_add(
+                acc,
+                f32x4_mul(
+                    f32x4_convert_i32x4(s),
+                    f32x4_splat(f16_to_f32(b.d) * *x.d.get_unchecked(i)),
+                ),
+            );
         }
         hsum(acc)
     }
@@ -602,8 +641,14 @@ pub fn dot_q5_0(row: &[u8], x: &XQ) -> f32 {
     for (i, b) in as_blocks::<BlockQ5_0>(row).iter().enumerate() {
         let xq = &x.q[i * QK5_0..(i + 1) * QK5_0];
         let qh = u32::from_le_bytes(b.qh);
-        let lo = isum_scalar((0..16).map(|j| ((b.qs[j] & 0xF) as u32 | ((qh >> j) & 1) << 4) as i32 - 16), &xq[..16]);
-        let hi = isum_scalar((0..16).map(|j| ((b.qs[j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as i32 - 16), &xq[16..]);
+        let lo = isum_scalar(
+            (0..16).map(|j| ((b.qs[j] & 0xF) as u32 | ((qh >> j) & 1) << 4) as i32 - 16),
+            &xq[..16],
+        );
+        let hi = isum_scalar(
+            (0..16).map(|j| ((b.qs[j] >> 4) as u32 | ((qh >> (j + 16)) & 1) << 4) as i32 - 16),
+            &xq[16..],
+        );
         sum += (lo + hi) as f32 * (f16_to_f32(b.d) * x.d[i]);
     }
     sum
@@ -625,7 +670,13 @@ pub fn dot_q5_0_simd(row: &[u8], x: &XQ) -> f32 {
             let lo = i8x16_sub(v128_or(v128_and(v, m4), h0), sixteen);
             let hi = i8x16_sub(v128_or(u8x16_shr(v, 4), h1), sixteen);
             let s = i32x4_add(idot_i8x16(lo, px), idot_i8x16(hi, px.add(16)));
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(f16_to_f32(b.d) * *x.d.get_unchecked(i))));
+            acc = f32x4_add(
+                acc,
+                f32x4_mul(
+                    f32x4_convert_i32x4(s),
+                    f32x4_splat(f16_to_f32(b.d) * *x.d.get_unchecked(i)),
+                ),
+            );
         }
         hsum(acc)
     }
@@ -641,7 +692,10 @@ pub fn dot_q4_k(row: &[u8], x: &XQ) -> f32 {
             for (k, shift) in [(2 * j, 0), (2 * j + 1, 4)] {
                 let g = i * 8 + k;
                 let (sc, m) = get_scale_min_k4(k, &b.scales);
-                let isum = isum_scalar(qs.iter().map(|&q| ((q >> shift) & 0xF) as i32), &x.q[g * 32..g * 32 + 32]);
+                let isum = isum_scalar(
+                    qs.iter().map(|&q| ((q >> shift) & 0xF) as i32),
+                    &x.q[g * 32..g * 32 + 32],
+                );
                 sum += isum as f32 * (d * sc as f32 * x.d[g]) - dmin * m as f32 * x.s[g];
             }
         }
@@ -668,10 +722,28 @@ pub fn dot_q4_k_simd(row: &[u8], x: &XQ) -> f32 {
                 let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
                 let x1 = x.q.as_ptr().add(g1 * 32);
                 let x2 = x1.add(32);
-                let s1 = i32x4_add(idot_i8x16(v128_and(q0, m4), x1), idot_i8x16(v128_and(q1, m4), x1.add(16)));
-                let s2 = i32x4_add(idot_i8x16(u8x16_shr(q0, 4), x2), idot_i8x16(u8x16_shr(q1, 4), x2.add(16)));
-                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s1), f32x4_splat(d * sc1 as f32 * *x.d.get_unchecked(g1))));
-                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s2), f32x4_splat(d * sc2 as f32 * *x.d.get_unchecked(g1 + 1))));
+                let s1 = i32x4_add(
+                    idot_i8x16(v128_and(q0, m4), x1),
+                    idot_i8x16(v128_and(q1, m4), x1.add(16)),
+                );
+                let s2 = i32x4_add(
+                    idot_i8x16(u8x16_shr(q0, 4), x2),
+                    idot_i8x16(u8x16_shr(q1, 4), x2.add(16)),
+                );
+                acc = f32x4_add(
+                    acc,
+                    f32x4_mul(
+                        f32x4_convert_i32x4(s1),
+                        f32x4_splat(d * sc1 as f32 * *x.d.get_unchecked(g1)),
+                    ),
+                );
+                acc = f32x4_add(
+                    acc,
+                    f32x4_mul(
+                        f32x4_convert_i32x4(s2),
+                        f32x4_splat(d * sc2 as f32 * *x.d.get_unchecked(g1 + 1)),
+                    ),
+                );
                 macc += dmin * m1 as f32 * *x.s.get_unchecked(g1) + dmin * m2 as f32 * *x.s.get_unchecked(g1 + 1);
             }
         }
@@ -728,8 +800,20 @@ pub fn dot_q5_k_simd(row: &[u8], x: &XQ) -> f32 {
                 let b1 = v128_or(u8x16_shr(q1, 4), h(qh1, s1b + 1));
                 let s1 = i32x4_add(idot_i8x16(a0, x1), idot_i8x16(a1, x1.add(16)));
                 let s2 = i32x4_add(idot_i8x16(b0, x2), idot_i8x16(b1, x2.add(16)));
-                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s1), f32x4_splat(d * sc1 as f32 * *x.d.get_unchecked(g1))));
-                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s2), f32x4_splat(d * sc2 as f32 * *x.d.get_unchecked(g1 + 1))));
+                acc = f32x4_add(
+                    acc,
+                    f32x4_mul(
+                        f32x4_convert_i32x4(s1),
+                        f32x4_splat(d * sc1 as f32 * *x.d.get_unchecked(g1)),
+                    ),
+                );
+                acc = f32x4_add(
+                    acc,
+                    f32x4_mul(
+                        f32x4_convert_i32x4(s2),
+                        f32x4_splat(d * sc2 as f32 * *x.d.get_unchecked(g1 + 1)),
+                    ),
+                );
                 macc += dmin * m1 as f32 * *x.s.get_unchecked(g1) + dmin * m2 as f32 * *x.s.get_unchecked(g1 + 1);
             }
         }
@@ -853,7 +937,11 @@ impl XQBuf {
     pub fn quantize(&mut self, x: &[f32]) -> XQ {
         let nb = x.len() / QKX;
         quantize_x(x, &mut self.q[..nb * QKX], &mut self.d[..nb], &mut self.s[..nb]);
-        XQ { q: &self.q[..nb * QKX], d: &self.d[..nb], s: &self.s[..nb] }
+        XQ {
+            q: &self.q[..nb * QKX],
+            d: &self.d[..nb],
+            s: &self.s[..nb],
+        }
     }
 }
 
@@ -879,11 +967,20 @@ pub fn matmul(
         let nb = cols / QKX;
         for ti in 0..nt {
             let xt = &x[ti * cols..(ti + 1) * cols];
-            quantize_x(xt, &mut xqb.q[ti * cols..(ti + 1) * cols], &mut xqb.d[ti * nb..(ti + 1) * nb], &mut xqb.s[ti * nb..(ti + 1) * nb]);
+            quantize_x(
+                xt,
+                &mut xqb.q[ti * cols..(ti + 1) * cols],
+                &mut xqb.d[ti * nb..(ti + 1) * nb],
+                &mut xqb.s[ti * nb..(ti + 1) * nb],
+            );
         }
         let mut r0 = 0;
         if t == GgmlType::Q8_0 && nt == 1 {
-            let xq = XQ { q: &xqb.q[..cols], d: &xqb.d[..nb], s: &xqb.s[..nb] };
+            let xq = XQ {
+                q: &xqb.q[..cols],
+                d: &xqb.d[..nb],
+                s: &xqb.s[..nb],
+            };
             while r0 + 4 <= rows {
                 let row = |k: usize| &w[(r0 + k) * row_bytes..(r0 + k + 1) * row_bytes];
                 let v = dot4_q8_0_simd(row(0), row(1), row(2), row(3), &xq);
@@ -894,7 +991,11 @@ pub fn matmul(
         for r in r0..rows {
             let row = &w[r * row_bytes..(r + 1) * row_bytes];
             for ti in 0..nt {
-                let xq = XQ { q: &xqb.q[ti * cols..(ti + 1) * cols], d: &xqb.d[ti * nb..(ti + 1) * nb], s: &xqb.s[ti * nb..(ti + 1) * nb] };
+                let xq = XQ {
+                    q: &xqb.q[ti * cols..(ti + 1) * cols],
+                    d: &xqb.d[ti * nb..(ti + 1) * nb],
+                    s: &xqb.s[ti * nb..(ti + 1) * nb],
+                };
                 out[ti * out_stride + r] = dot(t, row, &[], &xq, true);
             }
         }

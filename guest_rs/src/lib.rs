@@ -66,13 +66,29 @@ pub extern "C" fn realm_debug_dequant(ggml_type: i32, src_ptr: i32, n_blocks: i3
 
 /// Test export: out[r] = w[r] · x for a (rows, cols) matrix of `ggml_type` (simd 0: scalar twin, 1: SIMD128).
 #[no_mangle]
-pub extern "C" fn realm_debug_matvec(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32, out_ptr: i32, simd: i32) -> i32 {
+pub extern "C" fn realm_debug_matvec(
+    ggml_type: i32,
+    w_ptr: i32,
+    rows: i32,
+    cols: i32,
+    x_ptr: i32,
+    out_ptr: i32,
+    simd: i32,
+) -> i32 {
     model::debug_matvec(ggml_type, w_ptr, rows, cols, x_ptr, out_ptr, simd)
 }
 
 /// Test export: out (nt, rows) = x (nt, cols) @ w.T through the engine's matmul (decode/prefill paths).
 #[no_mangle]
-pub extern "C" fn realm_debug_matmul(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32, nt: i32, out_ptr: i32) -> i32 {
+pub extern "C" fn realm_debug_matmul(
+    ggml_type: i32,
+    w_ptr: i32,
+    rows: i32,
+    cols: i32,
+    x_ptr: i32,
+    nt: i32,
+    out_ptr: i32,
+) -> i32 {
     model::debug_matmul(ggml_type, w_ptr, rows, cols, x_ptr, nt, out_ptr)
 }
 
@@ -87,4 +103,3 @@ pub extern "C" fn realm_debug_f16_to_f32(bits: i32) -> f32 {
 pub extern "C" fn realm_debug_f32_to_f16(value: f32) -> i32 {
     quants::f32_to_f16(value) as i32
 }
-

@@ -189,9 +189,16 @@ impl Config {
             && c.n_layers <= 4096
             && c.n_heads * c.head_dim <= 1 << 20
             && c.vocab_size <= 1 << 24;
-        let floats_ok = [c.rope_theta, c.rope_theta_local, c.rope_freq_scale, c.norm_eps, c.embed_scale, c.attn_scale]
-            .iter()
-            .all(|v| v.is_finite() && *v > 0.0)
+        let floats_ok = [
+            c.rope_theta,
+            c.rope_theta_local,
+            c.rope_freq_scale,
+            c.norm_eps,
+            c.embed_scale,
+            c.attn_scale,
+        ]
+        .iter()
+        .all(|v| v.is_finite() && *v > 0.0)
             && c.final_logit_softcap.is_finite()
             && c.final_logit_softcap >= 0.0;
         let enums_ok = c.rope_style <= ROPE_NEOX && c.activation <= ACT_GELU_TANH;
@@ -264,7 +271,16 @@ fn fetch(model_id: i64, handle: i32, offset: usize, out: &mut [u8]) -> Res<()> {
 impl Weights {
     /// out[t * out_stride + r] = m[r] · x[t] for t < nt (x is (nt, m.cols)).
     #[allow(clippy::too_many_arguments)]
-    fn matmul(&mut self, m: &Matrix, x: &[f32], nt: usize, out: &mut [f32], out_stride: usize, tmp: &mut [f32], xqb: &mut XQBuf) -> Res<()> {
+    fn matmul(
+        &mut self,
+        m: &Matrix,
+        x: &[f32],
+        nt: usize,
+        out: &mut [f32],
+        out_stride: usize,
+        tmp: &mut [f32],
+        xqb: &mut XQBuf,
+    ) -> Res<()> {
         if let Some(s) = m.slot {
             let slot = &mut self.cache[s];
             if !slot.loaded {
@@ -275,7 +291,18 @@ impl Weights {
             } else {
                 stats().cache_hits += 1;
             }
-            kernels::matmul(m.ggml_type, &slot.data, m.rows, m.cols, x, nt, out, out_stride, tmp, xqb);
+            kernels::matmul(
+                m.ggml_type,
+                &slot.data,
+                m.rows,
+                m.cols,
+                x,
+                nt,
+                out,
+                out_stride,
+                tmp,
+                xqb,
+            );
             return Ok(());
         }
         stats().cache_misses += 1;
@@ -326,19 +353,19 @@ struct Layer {
 }
 
 struct Acts {
-    x: Vec<f32>,      // (n_batch, dim) residual stream
-    xb: Vec<f32>,     // (n_batch, dim)
-    xb2: Vec<f32>,    // (n_batch, q_dim) attention output
-    q: Vec<f32>,      // (n_batch, q_dim)
-    k: Vec<f32>,      // (n_batch, kv_dim)
-    v: Vec<f32>,      // (n_batch, kv_dim)
-    hb: Vec<f32>,     // (n_batch, hidden_dim)
-    hb2: Vec<f32>,    // (n_batch, hidden_dim)
-    att: Vec<f32>,    // (n_ctx,) scores of one head
-    tmp: Vec<f32>,    // (max cols,) a dequantized row
-    xq: XQBuf,        // (n_batch, max cols) x quantized per block of 32 for the integer kernels
-    rope: Vec<f32>,   // (2, n_batch, rope_dim / 2, 2) cos, sin for global (0) and local (1) layers
-    embd: Vec<u8>,    // (n_batch, token_embd row_bytes)
+    x: Vec<f32>,        // (n_batch, dim) residual stream
+    xb: Vec<f32>,       // (n_batch, dim)
+    xb2: Vec<f32>,      // (n_batch, q_dim) attention output
+    q: Vec<f32>,        // (n_batch, q_dim)
+    k: Vec<f32>,        // (n_batch, kv_dim)
+    v: Vec<f32>,        // (n_batch, kv_dim)
+    hb: Vec<f32>,       // (n_batch, hidden_dim)
+    hb2: Vec<f32>,      // (n_batch, hidden_dim)
+    att: Vec<f32>,      // (n_ctx,) scores of one head
+    tmp: Vec<f32>,      // (max cols,) a dequantized row
+    xq: XQBuf,          // (n_batch, max cols) x quantized per block of 32 for the integer kernels
+    rope: Vec<f32>,     // (2, n_batch, rope_dim / 2, 2) cos, sin for global (0) and local (1) layers
+    embd: Vec<u8>,      // (n_batch, token_embd row_bytes)
     reqs: Vec<ReadReq>, // (n_batch,)
 }
 
@@ -348,8 +375,8 @@ struct Engine {
     n_batch: usize,
     w: Weights,
     layers: Vec<Layer>,
-    token_embd: Matrix, // (vocab_size, dim)
-    output: Matrix,     // (vocab_size, dim); token_embd when tied
+    token_embd: Matrix,    // (vocab_size, dim)
+    output: Matrix,        // (vocab_size, dim); token_embd when tied
     output_norm: Vec<f32>, // (dim,)
     a: Acts,
     logits: Vec<f32>,     // (vocab_size,) last position
@@ -358,7 +385,7 @@ struct Engine {
     have_logits: bool,
     history: Vec<i32>, // (n_ctx,) tokens evaluated so far
     n_past: usize,
-    sample_x: Vec<f32>,  // (vocab_size,) sampler scratch
+    sample_x: Vec<f32>,    // (vocab_size,) sampler scratch
     sample_cand: Vec<u32>, // (vocab_size,)
     sample_seen: Vec<i32>, // (n_ctx,)
 }
@@ -378,7 +405,11 @@ fn lookup(model_id: i64, name: &str) -> Res<(i32, TensorInfo)> {
 fn matrix(model_id: i64, name: &str, rows: usize, cols: usize) -> Res<Matrix> {
     let (handle, info) = lookup(model_id, name)?;
     let t = GgmlType::from_u32(info.ggml_type).ok_or(ERR_UNSUPPORTED)?;
-    let dims_ok = info.n_dims == 2 && info.ne[0] == cols as u64 && info.ne[1] == rows as u64 && info.ne[2] == 1 && info.ne[3] == 1;
+    let dims_ok = info.n_dims == 2
+        && info.ne[0] == cols as u64
+        && info.ne[1] == rows as u64
+        && info.ne[2] == 1
+        && info.ne[3] == 1;
     if !dims_ok {
         host::log(3, &format!("tensor {} has the wrong shape", name));
         return Err(ERR_BAD_CONFIG);
@@ -388,7 +419,15 @@ fn matrix(model_id: i64, name: &str, rows: usize, cols: usize) -> Res<Matrix> {
     if info.n_bytes != n_bytes as u64 {
         return Err(ERR_BAD_CONFIG);
     }
-    Ok(Matrix { handle, ggml_type: t, rows, cols, row_bytes, n_bytes, slot: None })
+    Ok(Matrix {
+        handle,
+        ggml_type: t,
+        rows,
+        cols,
+        row_bytes,
+        n_bytes,
+        slot: None,
+    })
 }
 
 /// Fetch a 1-D weight of `n` elements (raw bytes, one read) and dequantize it in the guest.
@@ -432,7 +471,13 @@ impl Engine {
         let cfg = Config::parse(&raw)?;
         stats().host_calls += 1;
         let (n_tensors, total) = host::get_model_info(model_id)?;
-        host::log(0, &format!("realm guest: model {} tensors, {} bytes; n_ctx {}, budget {}", n_tensors, total, n_ctx, budget));
+        host::log(
+            0,
+            &format!(
+                "realm guest: model {} tensors, {} bytes; n_ctx {}, budget {}",
+                n_tensors, total, n_ctx, budget
+            ),
+        );
         let (dim, hidden, q_dim, kv_dim, vocab) = (cfg.dim, cfg.hidden_dim, cfg.q_dim(), cfg.kv_dim(), cfg.vocab_size);
         // the KV cache alone must fit (checked in u64: positions x dims can exceed 32 bits)
         let kv_positions: u64 = (0..cfg.n_layers)
@@ -445,7 +490,11 @@ impl Engine {
 
         // tensors
         let token_embd = matrix(model_id, "token_embd.weight", vocab, dim)?;
-        let output = if cfg.tied_output { token_embd } else { matrix(model_id, "output.weight", vocab, dim)? };
+        let output = if cfg.tied_output {
+            token_embd
+        } else {
+            matrix(model_id, "output.weight", vocab, dim)?
+        };
         let output_norm = vector(model_id, "output_norm.weight", dim, budget)?;
         let mut layers = Vec::new();
         layers.try_reserve_exact(cfg.n_layers).map_err(|_| ERR_OOM)?;
@@ -457,7 +506,13 @@ impl Engine {
                 attn_norm: vector(model_id, &name("attn_norm"), dim, budget)?,
                 attn_q_norm: optional_vector(cfg.qk_norm, model_id, &name("attn_q_norm"), cfg.head_dim, budget)?,
                 attn_k_norm: optional_vector(cfg.qk_norm, model_id, &name("attn_k_norm"), cfg.head_dim, budget)?,
-                post_attention_norm: optional_vector(cfg.post_norms, model_id, &name("post_attention_norm"), dim, budget)?,
+                post_attention_norm: optional_vector(
+                    cfg.post_norms,
+                    model_id,
+                    &name("post_attention_norm"),
+                    dim,
+                    budget,
+                )?,
                 ffn_norm: vector(model_id, &name("ffn_norm"), dim, budget)?,
                 post_ffw_norm: optional_vector(cfg.post_norms, model_id, &name("post_ffw_norm"), dim, budget)?,
                 attn_q: matrix(model_id, &name("attn_q"), q_dim, dim)?,
@@ -476,7 +531,10 @@ impl Engine {
 
         // activations for n_batch tokens: at most 1/8 of the budget
         let max_cols = dim.max(hidden).max(q_dim);
-        let per_token = 4 * (2 * dim + 2 * q_dim + 2 * kv_dim + 2 * hidden + cfg.rope_dim * 2) + 3 * max_cols + token_embd.row_bytes + 24;
+        let per_token = 4 * (2 * dim + 2 * q_dim + 2 * kv_dim + 2 * hidden + cfg.rope_dim * 2)
+            + 3 * max_cols
+            + token_embd.row_bytes
+            + 24;
         let n_batch = (budget / 8 / per_token).clamp(1, MAX_BATCH).min(n_ctx);
         let a = Acts {
             x: try_vec(n_batch * dim, 0f32, budget)?,
@@ -507,7 +565,15 @@ impl Engine {
         // streaming chunk: a whole number of rows of every matrix
         let mut max_row = output.row_bytes;
         for l in &layers {
-            for m in [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
+            for m in [
+                &l.attn_q,
+                &l.attn_k,
+                &l.attn_v,
+                &l.attn_output,
+                &l.ffn_gate,
+                &l.ffn_up,
+                &l.ffn_down,
+            ] {
                 max_row = max_row.max(m.row_bytes);
             }
         }
@@ -518,7 +584,12 @@ impl Engine {
             cfg,
             n_ctx,
             n_batch,
-            w: Weights { model_id, budget, cache: Vec::new(), chunk },
+            w: Weights {
+                model_id,
+                budget,
+                cache: Vec::new(),
+                chunk,
+            },
             layers,
             token_embd,
             output,
@@ -550,7 +621,15 @@ impl Engine {
             return;
         }
         for l in self.layers.iter_mut() {
-            for m in [&mut l.attn_q, &mut l.attn_k, &mut l.attn_v, &mut l.attn_output, &mut l.ffn_gate, &mut l.ffn_up, &mut l.ffn_down] {
+            for m in [
+                &mut l.attn_q,
+                &mut l.attn_k,
+                &mut l.attn_v,
+                &mut l.attn_output,
+                &mut l.ffn_gate,
+                &mut l.ffn_up,
+                &mut l.ffn_down,
+            ] {
                 plan.push(m as *mut Matrix);
             }
         }
@@ -643,7 +722,12 @@ impl Engine {
             let w = &mut self.w;
             // attention
             for t in 0..nt {
-                rmsnorm(&mut a.xb[t * dim..(t + 1) * dim], &a.x[t * dim..(t + 1) * dim], &layer.attn_norm, cfg.norm_eps);
+                rmsnorm(
+                    &mut a.xb[t * dim..(t + 1) * dim],
+                    &a.x[t * dim..(t + 1) * dim],
+                    &layer.attn_norm,
+                    cfg.norm_eps,
+                );
             }
             w.matmul(&layer.attn_q, &a.xb, nt, &mut a.q, q_dim, &mut a.tmp, &mut a.xq)?;
             w.matmul(&layer.attn_k, &a.xb, nt, &mut a.k, kv_dim, &mut a.tmp, &mut a.xq)?;
@@ -671,14 +755,24 @@ impl Engine {
                 // append k, v at slot pos % kv_cap, then attend: keys are written in order, so a
                 // sliding layer's ring holds exactly the visible window of this query
                 let slot = pos % layer.kv_cap;
-                for (dst, src) in layer.key_cache[slot * kv_dim..(slot + 1) * kv_dim].iter_mut().zip(k.iter()) {
+                for (dst, src) in layer.key_cache[slot * kv_dim..(slot + 1) * kv_dim]
+                    .iter_mut()
+                    .zip(k.iter())
+                {
                     *dst = f32_to_f16(*src);
                 }
                 let v = &a.v[t * kv_dim..(t + 1) * kv_dim];
-                for (dst, src) in layer.value_cache[slot * kv_dim..(slot + 1) * kv_dim].iter_mut().zip(v.iter()) {
+                for (dst, src) in layer.value_cache[slot * kv_dim..(slot + 1) * kv_dim]
+                    .iter_mut()
+                    .zip(v.iter())
+                {
                     *dst = f32_to_f16(*src);
                 }
-                let lo = if layer.sliding { (pos + 1).saturating_sub(cfg.sliding_window) } else { 0 };
+                let lo = if layer.sliding {
+                    (pos + 1).saturating_sub(cfg.sliding_window)
+                } else {
+                    0
+                };
                 let out = &mut a.xb2[t * q_dim..(t + 1) * q_dim];
                 attention(&cfg, layer, q, out, &mut a.att, lo, pos);
             }
@@ -694,7 +788,12 @@ impl Engine {
             }
             // feed-forward
             for t in 0..nt {
-                rmsnorm(&mut a.xb[t * dim..(t + 1) * dim], &a.x[t * dim..(t + 1) * dim], &layer.ffn_norm, cfg.norm_eps);
+                rmsnorm(
+                    &mut a.xb[t * dim..(t + 1) * dim],
+                    &a.x[t * dim..(t + 1) * dim],
+                    &layer.ffn_norm,
+                    cfg.norm_eps,
+                );
             }
             w.matmul(&layer.ffn_gate, &a.xb, nt, &mut a.hb, hidden, &mut a.tmp, &mut a.xq)?;
             w.matmul(&layer.ffn_up, &a.xb, nt, &mut a.hb2, hidden, &mut a.tmp, &mut a.xq)?;
@@ -716,16 +815,42 @@ impl Engine {
         // logits
         if all {
             for t in 0..nt {
-                rmsnorm(&mut self.a.xb[t * dim..(t + 1) * dim], &self.a.x[t * dim..(t + 1) * dim], &self.output_norm, cfg.norm_eps);
+                rmsnorm(
+                    &mut self.a.xb[t * dim..(t + 1) * dim],
+                    &self.a.x[t * dim..(t + 1) * dim],
+                    &self.output_norm,
+                    cfg.norm_eps,
+                );
             }
             let vocab = cfg.vocab_size;
             let out = &mut self.all_logits[row0 * vocab..(row0 + nt) * vocab];
-            self.w.matmul(&self.output, &self.a.xb, nt, out, vocab, &mut self.a.tmp, &mut self.a.xq)?;
+            self.w.matmul(
+                &self.output,
+                &self.a.xb,
+                nt,
+                out,
+                vocab,
+                &mut self.a.tmp,
+                &mut self.a.xq,
+            )?;
             softcap(out, cfg.final_logit_softcap);
         } else if last {
             let t = nt - 1;
-            rmsnorm(&mut self.a.xb[..dim], &self.a.x[t * dim..(t + 1) * dim], &self.output_norm, cfg.norm_eps);
-            self.w.matmul(&self.output, &self.a.xb[..dim], 1, &mut self.logits, cfg.vocab_size, &mut self.a.tmp, &mut self.a.xq)?;
+            rmsnorm(
+                &mut self.a.xb[..dim],
+                &self.a.x[t * dim..(t + 1) * dim],
+                &self.output_norm,
+                cfg.norm_eps,
+            );
+            self.w.matmul(
+                &self.output,
+                &self.a.xb[..dim],
+                1,
+                &mut self.logits,
+                cfg.vocab_size,
+                &mut self.a.tmp,
+                &mut self.a.xq,
+            )?;
             softcap(&mut self.logits, cfg.final_logit_softcap);
         }
         Ok(())
@@ -765,7 +890,11 @@ impl Engine {
             }
             s.bytes_fetched += rc as u64;
             for t in 0..nt {
-                kernels::dequantize(m.ggml_type, &self.a.embd[t * rb..(t + 1) * rb], &mut self.a.x[t * dim..(t + 1) * dim]);
+                kernels::dequantize(
+                    m.ggml_type,
+                    &self.a.embd[t * rb..(t + 1) * rb],
+                    &mut self.a.x[t * dim..(t + 1) * dim],
+                );
             }
         }
         let scale = self.cfg.embed_scale;
@@ -810,7 +939,11 @@ fn rmsnorm_inplace(x: &mut [f32], w: &[f32], eps: f32) {
 fn rope(h: &mut [f32], cs: &[f32], half: usize, style: u32) {
     for i in 0..half {
         let (c, s) = (cs[2 * i], cs[2 * i + 1]);
-        let (a, b) = if style == ROPE_NEOX { (i, i + half) } else { (2 * i, 2 * i + 1) };
+        let (a, b) = if style == ROPE_NEOX {
+            (i, i + half)
+        } else {
+            (2 * i, 2 * i + 1)
+        };
         let (x0, x1) = (h[a], h[b]);
         h[a] = x0 * c - x1 * s;
         h[b] = x0 * s + x1 * c;
@@ -897,7 +1030,10 @@ pub fn init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
         if HEAP_BASE == 0 {
             HEAP_BASE = mem_bytes();
         }
-        STATS = GuestStats { peak_memory: STATS.peak_memory, ..GuestStats::default() };
+        STATS = GuestStats {
+            peak_memory: STATS.peak_memory,
+            ..GuestStats::default()
+        };
     }
     let budget = budget as u32 as usize;
     match Engine::new(model_id, n_ctx as usize, budget) {
@@ -955,7 +1091,14 @@ pub fn sample(params_ptr: i32) -> i32 {
     let mut params: SampleParams = unsafe { core::ptr::read_unaligned(p as *const SampleParams) };
     let n_past = e.n_past;
     let logits: &[f32] = unsafe { &*(e.last_logits() as *const [f32]) };
-    let (tok, state) = sample::sample(logits, &e.history[..n_past], &params, &mut e.sample_x, &mut e.sample_cand, &mut e.sample_seen);
+    let (tok, state) = sample::sample(
+        logits,
+        &e.history[..n_past],
+        &params,
+        &mut e.sample_x,
+        &mut e.sample_cand,
+        &mut e.sample_seen,
+    );
     params.rng_state_out = state;
     unsafe { core::ptr::write_unaligned(p as *mut SampleParams, params) };
     tok
@@ -1017,7 +1160,11 @@ pub fn debug_matmul(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32
         Some(rb) => rb,
         None => return ERR_BAD_ARG,
     };
-    let (w, x, out) = match (mem_range(w_ptr, rows * rb), mem_range(x_ptr, nt * cols * 4), mem_range(out_ptr, nt * rows * 4)) {
+    let (w, x, out) = match (
+        mem_range(w_ptr, rows * rb),
+        mem_range(x_ptr, nt * cols * 4),
+        mem_range(out_ptr, nt * rows * 4),
+    ) {
         (Some(w), Some(x), Some(o)) => (w, x, o),
         _ => return ERR_BOUNDS,
     };
@@ -1025,7 +1172,11 @@ pub fn debug_matmul(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32
     let x = unsafe { core::slice::from_raw_parts(x as *const f32, nt * cols) };
     let out = unsafe { core::slice::from_raw_parts_mut(out as *mut f32, nt * rows) };
     let nb = cols / kernels::QKX + 1;
-    let mut xqb = XQBuf { q: vec![0; nt * cols], d: vec![0.0; nt * nb], s: vec![0.0; nt * nb] };
+    let mut xqb = XQBuf {
+        q: vec![0; nt * cols],
+        d: vec![0.0; nt * nb],
+        s: vec![0.0; nt * nb],
+    };
     let mut tmp = vec![0f32; cols];
     kernels::matmul(t, w, rows, cols, x, nt, out, rows, &mut tmp, &mut xqb);
     0
@@ -1044,7 +1195,11 @@ pub fn debug_matvec(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32
         Some(rb) => rb,
         None => return ERR_BAD_ARG,
     };
-    let (w, x, out) = match (mem_range(w_ptr, rows * rb), mem_range(x_ptr, cols * 4), mem_range(out_ptr, rows * 4)) {
+    let (w, x, out) = match (
+        mem_range(w_ptr, rows * rb),
+        mem_range(x_ptr, cols * 4),
+        mem_range(out_ptr, rows * 4),
+    ) {
         (Some(w), Some(x), Some(o)) => (w, x, o),
         _ => return ERR_BOUNDS,
     };
@@ -1052,7 +1207,11 @@ pub fn debug_matvec(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32
     let x = unsafe { core::slice::from_raw_parts(x as *const f32, cols) };
     let out = unsafe { core::slice::from_raw_parts_mut(out as *mut f32, rows) };
     let nb = if kernels::uses_xq(t) { cols / kernels::QKX } else { 0 };
-    let mut xqb = XQBuf { q: vec![0; nb * kernels::QKX], d: vec![0.0; nb], s: vec![0.0; nb] };
+    let mut xqb = XQBuf {
+        q: vec![0; nb * kernels::QKX],
+        d: vec![0.0; nb],
+        s: vec![0.0; nb],
+    };
     let xq = xqb.quantize(&x[..nb * kernels::QKX]);
     for r in 0..rows {
         out[r] = kernels::dot(t, &w[r * rb..(r + 1) * rb], x, &xq, simd != 0);

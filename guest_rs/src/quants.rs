@@ -199,7 +199,10 @@ pub fn get_scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -211,7 +214,11 @@ pub fn f16_to_f32(h: u16) -> f32 {
     // Reinterpret exponent+mantissa in the f32 field and rescale by 2^(127-15): exact for normals and
     // subnormals; exponent 31 (inf/NaN) maps to the f32 all-ones exponent instead.
     let scaled = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000);
-    let bits = if em >= 0x7c00 { (em << 13) | 0x7f80_0000 } else { scaled.to_bits() };
+    let bits = if em >= 0x7c00 {
+        (em << 13) | 0x7f80_0000
+    } else {
+        scaled.to_bits()
+    };
     f32::from_bits(bits | sign)
 }
 
@@ -232,10 +239,14 @@ pub fn f32_to_f16(f: f32) -> u16 {
     if ax < 0x3880_0000 {
         // below the smallest normal half (2^-14): subnormal or zero, value = m * 2^-24
         let v = f32::from_bits(ax) * f32::from_bits(0x4b80_0000); // * 2^24, exact
-        // round half to even to an integer
+                                                                  // round half to even to an integer
         let r = v as u32;
         let frac = v - r as f32;
-        let r = if frac > 0.5 || (frac == 0.5 && (r & 1) == 1) { r + 1 } else { r };
+        let r = if frac > 0.5 || (frac == 0.5 && (r & 1) == 1) {
+            r + 1
+        } else {
+            r
+        };
         return sign | r as u16;
     }
     // normal: rebias exponent, round the 13 dropped mantissa bits to nearest even

@@ -56,7 +56,11 @@ pub fn sample(
         for &t in seen.iter() {
             if t >= 0 && (t as usize) < vocab {
                 let v = &mut x[t as usize];
-                *v = if *v > 0.0 { *v / p.repeat_penalty } else { *v * p.repeat_penalty };
+                *v = if *v > 0.0 {
+                    *v / p.repeat_penalty
+                } else {
+                    *v * p.repeat_penalty
+                };
             }
         }
     }
@@ -101,7 +105,10 @@ pub fn sample(
     // 5. min-p: keep p_i >= min_p * p_max, i.e. exp(x_i - x_max) >= min_p (a prefix: x is sorted)
     if p.min_p > 0.0 {
         let xmax = x[cand[0] as usize] as f64;
-        let keep = cand.iter().take_while(|&&i| (x[i as usize] as f64 - xmax).exp() >= p.min_p as f64).count();
+        let keep = cand
+            .iter()
+            .take_while(|&&i| (x[i as usize] as f64 - xmax).exp() >= p.min_p as f64)
+            .count();
         cand.truncate(keep.max(1));
     }
 
