@@ -34,6 +34,7 @@ EPOCH_TICK = 0.01  # seconds between epoch increments
 NO_DEADLINE = 1 << 40  # ticks: ~350 years at 10 ms
 DEFAULT_BUDGET = 64 << 20
 WASM_PAGE = 65536
+MAX_TABLE_ELEMENTS = 1 << 16  # function tables; a hostile module cannot make the host allocate big ones
 _VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
 _CACHE_MAGIC = b"realm-cwasm-1\n"
 
@@ -208,7 +209,8 @@ class Guest:
             self.model_store.set_limits(self.holder, max_read_bytes=max_read_bytes, max_models=max_models)
         self.tenant = abi.Tenant(self.model_store, self.holder, name=self.name)
         self._store = wasmtime.Store(engine())
-        self._store.set_limits(memory_size=self.memory_budget)
+        self._store.set_limits(memory_size=self.memory_budget, table_elements=MAX_TABLE_ELEMENTS, instances=1,
+                               tables=4, memories=1)
         self._store.set_epoch_deadline(NO_DEADLINE)
         self._memory: wasmtime.Memory | None = None
         self._memory_ref: int | None = None  # address of the memory handle, for the raw path

@@ -410,3 +410,17 @@ def test_corrupt_module_cache_is_recompiled(store, tmp_path, monkeypatch, caplog
             g = Guest(wat, model_store=store)
         assert g.call("grow", 0) == 1
     assert files[0].read_bytes()[:len(runtime._CACHE_MAGIC)] == runtime._CACHE_MAGIC
+
+
+@pytest.mark.parametrize("wat", [
+    """(module (memory (export "memory") 1) (table 100000000 funcref))""",  # ~800 MB of host memory
+    """(module (memory (export "memory") 1) (table 10 funcref)
+        (func (export "grow") (result i32) (table.grow (ref.null func) (i32.const 50000000))))""",
+])
+def test_huge_tables_are_refused(store, wat):
+    try:
+        g = Guest(wat, model_store=store)
+    except GuestError as e:
+        assert "instantiate" in str(e)
+        return
+    assert g.call("grow") == -1  # table.grow past the limit fails inside the guest
