@@ -3,9 +3,9 @@
 Weights stay quantized: `w_rows` is a (rows, row_bytes) uint8 view (usually read-only, of the
 model's mmap). Decode (`matvec`) is memory-bandwidth bound, so each kernel streams four rows per
 iteration sharing every activation load, prefetches the next rows, and runs over row chunks with
-`prange`. The default model's types (Q8_0: the 178 MB tied output matrix; Q5_0, Q4_K,
-Q6_K) are fully fused with f32 activations; every other type dequantizes four rows into a small
-per-thread f32 scratch (L1) and dots them with x. Prefill (`matmul`) dequantizes a tile of rows once and reuses it for all T tokens.
+`prange`. Q8_0 (the default model's 178 MB tied output matrix), Q4_0/Q4_1/Q5_0/Q5_1,
+Q4_K and Q6_K are fully fused with f32 activations; the others (F32, F16, BF16, Q2_K, Q3_K, Q5_K)
+dequantize four rows into a small per-thread f32 scratch (L1) and dot them with x. Prefill (`matmul`) dequantizes a tile of rows once and reuses it for all T tokens.
 Block layouts: `realm/quants.py`; bit facts from
 https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/ggml-quants.c (dequantize_row_*).
 """
@@ -618,17 +618,20 @@ def _block_sums(x, size):
 
 
 @jit(fastmath=_FAST)
-def _matvec_rows_q5_0(w, tbl, x, xs, out, lo, hi):
-    """Fused Q5_0: out[lo:hi] = w[lo:hi] @ x; xs (cols/32,) sums of x per block.
+def _matvec_rows_q4q5(w, tbl, x, xs, out, lo, hi, bpb, m_off, qh_off, qs_off, bias):
+    """Fused Q4_0 / Q4_1 / Q5_0 / Q5_1: out[lo:hi] = w[lo:hi] @ x; xs (cols/32,) block sums of x.
 
-    Per block: d * (sum_j q_j x_j - 16 * xs[b]) with q_j = nibble + 16 * (qh bit j) in 0..31;
-    lane j of the 8-wide loop handles elements j, j+8 (low nibbles of qs[j], qs[8+j]) and
-    j+16, j+24 (their high nibbles), whose 5th bits are bit j of qh bytes 0, 1, 2, 3.
+    Blocks of `bpb` bytes: d f16 at 0, m f16 at m_off (or -1), qh u32 at qh_off (or -1), qs[16]
+    at qs_off. Per block: d * (sum_j q_j x_j - bias * xs[b]) + m * xs[b], q_j = nibble + 16 *
+    (qh bit j). Lane j of the 8-wide loop handles elements j, j+8 (low nibbles of qs[j], qs[8+j])
+    and j+16, j+24 (their high nibbles), whose 5th bits are bit j of qh bytes 0, 1, 2, 3.
     """
     flat = w.reshape(-1)
     rb = w.shape[1]
     nb = x.shape[0] // 32
     hb = _HB16
+    qh_at = max(qh_off, 0)  # without qh, every block reads hb[0] (all zeros)
+    qh_mask = 255 if qh_off >= 0 else 0
     r = lo
     while r < hi:
         n_rows = min(4, hi - r)  # 4, or a 1..3 remainder (the last row repeats; stores skipped)
@@ -642,30 +645,34 @@ def _matvec_rows_q5_0(w, tbl, x, xs, out, lo, hi):
         a3 = np.float32(0)
         p = (r + 4) * rb
         for b in range(nb):
-            o = b * 22
-            _prefetch_range(flat, p, p + 88)
-            p += 88
+            o = b * bpb
+            _prefetch_range(flat, p, p + 4 * bpb)
+            p += 4 * bpb
             xb = x[b * 32:b * 32 + 32]
-            q0 = r0[o + 2:o + 22]  # qh[4] | qs[16]
-            q1 = r1[o + 2:o + 22]
-            q2 = r2[o + 2:o + 22]
-            q3 = r3[o + 2:o + 22]
-            h00 = hb[q0[0]]
-            h01 = hb[q0[1]]
-            h02 = hb[q0[2]]
-            h03 = hb[q0[3]]
-            h10 = hb[q1[0]]
-            h11 = hb[q1[1]]
-            h12 = hb[q1[2]]
-            h13 = hb[q1[3]]
-            h20 = hb[q2[0]]
-            h21 = hb[q2[1]]
-            h22 = hb[q2[2]]
-            h23 = hb[q2[3]]
-            h30 = hb[q3[0]]
-            h31 = hb[q3[1]]
-            h32 = hb[q3[2]]
-            h33 = hb[q3[3]]
+            g0 = r0[o + qh_at:o + qh_at + 4]
+            g1 = r1[o + qh_at:o + qh_at + 4]
+            g2 = r2[o + qh_at:o + qh_at + 4]
+            g3 = r3[o + qh_at:o + qh_at + 4]
+            q0 = r0[o + qs_off:o + qs_off + 16]
+            q1 = r1[o + qs_off:o + qs_off + 16]
+            q2 = r2[o + qs_off:o + qs_off + 16]
+            q3 = r3[o + qs_off:o + qs_off + 16]
+            h00 = hb[g0[0] & qh_mask]
+            h01 = hb[g0[1] & qh_mask]
+            h02 = hb[g0[2] & qh_mask]
+            h03 = hb[g0[3] & qh_mask]
+            h10 = hb[g1[0] & qh_mask]
+            h11 = hb[g1[1] & qh_mask]
+            h12 = hb[g1[2] & qh_mask]
+            h13 = hb[g1[3] & qh_mask]
+            h20 = hb[g2[0] & qh_mask]
+            h21 = hb[g2[1] & qh_mask]
+            h22 = hb[g2[2] & qh_mask]
+            h23 = hb[g2[3] & qh_mask]
+            h30 = hb[g3[0] & qh_mask]
+            h31 = hb[g3[1] & qh_mask]
+            h32 = hb[g3[2] & qh_mask]
+            h33 = hb[g3[3] & qh_mask]
             s0 = np.float32(0)
             s1 = np.float32(0)
             s2 = np.float32(0)
@@ -675,35 +682,41 @@ def _matvec_rows_q5_0(w, tbl, x, xs, out, lo, hi):
                 x1 = xb[j + 8]
                 x2 = xb[j + 16]
                 x3 = xb[j + 24]
-                u = q0[4 + j]
-                v = q0[12 + j]
+                u = q0[j]
+                v = q0[8 + j]
                 s0 += ((np.float32(np.int32(u & _U15)) + h00[j]) * x0
                        + (np.float32(np.int32(v & _U15)) + h01[j]) * x1
                        + (np.float32(np.int32(u >> _U4)) + h02[j]) * x2
                        + (np.float32(np.int32(v >> _U4)) + h03[j]) * x3)
-                u = q1[4 + j]
-                v = q1[12 + j]
+                u = q1[j]
+                v = q1[8 + j]
                 s1 += ((np.float32(np.int32(u & _U15)) + h10[j]) * x0
                        + (np.float32(np.int32(v & _U15)) + h11[j]) * x1
                        + (np.float32(np.int32(u >> _U4)) + h12[j]) * x2
                        + (np.float32(np.int32(v >> _U4)) + h13[j]) * x3)
-                u = q2[4 + j]
-                v = q2[12 + j]
+                u = q2[j]
+                v = q2[8 + j]
                 s2 += ((np.float32(np.int32(u & _U15)) + h20[j]) * x0
                        + (np.float32(np.int32(v & _U15)) + h21[j]) * x1
                        + (np.float32(np.int32(u >> _U4)) + h22[j]) * x2
                        + (np.float32(np.int32(v >> _U4)) + h23[j]) * x3)
-                u = q3[4 + j]
-                v = q3[12 + j]
+                u = q3[j]
+                v = q3[8 + j]
                 s3 += ((np.float32(np.int32(u & _U15)) + h30[j]) * x0
                        + (np.float32(np.int32(v & _U15)) + h31[j]) * x1
                        + (np.float32(np.int32(u >> _U4)) + h32[j]) * x2
                        + (np.float32(np.int32(v >> _U4)) + h33[j]) * x3)
-            x16 = np.float32(16) * xs[b]
-            a0 += _f16(tbl, r0, o) * (s0 - x16)
-            a1 += _f16(tbl, r1, o) * (s1 - x16)
-            a2 += _f16(tbl, r2, o) * (s2 - x16)
-            a3 += _f16(tbl, r3, o) * (s3 - x16)
+            xsb = xs[b]
+            xbias = bias * xsb
+            a0 += _f16(tbl, r0, o) * (s0 - xbias)
+            a1 += _f16(tbl, r1, o) * (s1 - xbias)
+            a2 += _f16(tbl, r2, o) * (s2 - xbias)
+            a3 += _f16(tbl, r3, o) * (s3 - xbias)
+            if m_off >= 0:
+                a0 += _f16(tbl, r0, o + m_off) * xsb
+                a1 += _f16(tbl, r1, o + m_off) * xsb
+                a2 += _f16(tbl, r2, o + m_off) * xsb
+                a3 += _f16(tbl, r3, o + m_off) * xsb
         _store4(out, r, n_rows, a0, a1, a2, a3)
         r += n_rows
 
@@ -721,14 +734,24 @@ def _store4(out, r, n_rows, a0, a1, a2, a3):
 
 
 @pjit(fastmath=_FAST)
-def _matvec_q5_0(w, tbl, x, out):
-    """out (rows,) = w (rows, cols/32*22) Q5_0 @ x (cols,), parallel over row chunks."""
+def _matvec_q4q5(w, tbl, x, out, bpb, m_off, qh_off, qs_off, bias):
+    """out (rows,) = w (rows, cols/32*bpb) @ x (cols,) for Q4_0/Q4_1/Q5_0/Q5_1, parallel over row chunks."""
     rows = w.shape[0]
     xs = _block_sums(x, 32)  # (cols/32,)
     n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
     for c in prange(n_chunks):
         lo = c * _ROW_CHUNK
-        _matvec_rows_q5_0(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK))
+        _matvec_rows_q4q5(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), bpb, m_off, qh_off, qs_off,
+                          bias)
+
+
+# (bytes per block, m offset, qh offset, qs offset, bias) of the legacy 32-element types
+_Q4Q5_PARAMS: dict[int, tuple[int, int, int, int, float]] = {
+    _K_Q4_0: (18, -1, -1, 2, 8.0),
+    _K_Q4_1: (20, 2, -1, 4, 0.0),
+    _K_Q5_0: (22, -1, 2, 6, 16.0),
+    _K_Q5_1: (24, 2, 4, 8, 0.0),
+}
 
 
 @jit(fastmath=_FAST, inline="always")
@@ -1063,8 +1086,9 @@ def matvec(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarr
     _check_out(out, (w_rows.shape[0],))
     if kind == _K_Q8_0:
         _matvec_q8_0(w_rows, F16_TABLE, x, out)
-    elif kind == _K_Q5_0:
-        _matvec_q5_0(w_rows, F16_TABLE, x, out)
+    elif kind in _Q4Q5_PARAMS:
+        bpb, m_off, qh_off, qs_off, bias = _Q4Q5_PARAMS[kind]
+        _matvec_q4q5(w_rows, F16_TABLE, x, out, bpb, m_off, qh_off, qs_off, np.float32(bias))
     elif kind == _K_Q4_K:
         _matvec_q4_k(w_rows, F16_TABLE, x, out)
     elif kind == _K_Q6_K:
