@@ -361,15 +361,7 @@ pub fn dot_f32_simd(row: &[u8], x: &[f32]) -> f32 {
 /// Eight f16 bit patterns (u16x8) -> two f32x4 (same bit trick as `f16_to_f32`).
 #[inline(always)]
 unsafe fn f16x8_to_f32x4x2(h: v128) -> (v128, v128) {
-    let cvt = |w: v128| -> v128 {
-        let sign = i32x4_shl(v128_and(w, u32x4_splat(0x8000)), 16);
-        let em = v128_and(w, u32x4_splat(0x7fff));
-        let scaled = f32x4_mul(i32x4_shl(em, 13), f32x4_splat(f32::from_bits(0x7780_0000)));
-        let special = v128_or(i32x4_shl(em, 13), u32x4_splat(0x7f80_0000));
-        let is_special = u32x4_ge(em, u32x4_splat(0x7c00));
-        v128_or(v128_bitselect(special, scaled, is_special), sign)
-    };
-    (cvt(u32x4_extend_low_u16x8(h)), cvt(u32x4_extend_high_u16x8(h)))
+    (f16x4_to_f32x4(u32x4_extend_low_u16x8(h)), f16x4_to_f32x4(u32x4_extend_high_u16x8(h)))
 }
 
 /// SIMD128 f16 row.
@@ -558,7 +550,27 @@ pub fn dot_q8_0_simd(row: &[u8], x: &XQ) -> f32 {
     }
 }
 
-/// SIMD128 Q8_0 · XQ for four rows at once (shares every activation load; four independent chains).
+/// Four f16 bit patterns in u32 lanes -> f32x4 (the bit trick of `f16_to_f32`).
+#[inline(always)]
+unsafe fn f16x4_to_f32x4(w: v128) -> v128 {
+    let sign = i32x4_shl(v128_and(w, u32x4_splat(0x8000)), 16);
+    let em = v128_and(w, u32x4_splat(0x7fff));
+    let scaled = f32x4_mul(i32x4_shl(em, 13), f32x4_splat(f32::from_bits(0x7780_0000)));
+    let special = v128_or(i32x4_shl(em, 13), u32x4_splat(0x7f80_0000));
+    let is_special = u32x4_ge(em, u32x4_splat(0x7c00));
+    v128_or(v128_bitselect(special, scaled, is_special), sign)
+}
+
+/// [Σ s0, Σ s1, Σ s2, Σ s3] of four i32x4.
+#[inline(always)]
+fn hsum4_i32(s0: v128, s1: v128, s2: v128, s3: v128) -> v128 {
+    let a = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(s0, s1), i32x4_shuffle::<2, 6, 3, 7>(s0, s1));
+    let b = i32x4_add(i32x4_shuffle::<0, 4, 1, 5>(s2, s3), i32x4_shuffle::<2, 6, 3, 7>(s2, s3));
+    i32x4_add(i32x4_shuffle::<0, 1, 4, 5>(a, b), i32x4_shuffle::<2, 3, 6, 7>(a, b))
+}
+
+/// SIMD128 Q8_0 · XQ for four rows at once: shares every activation load, reduces the four rows'
+/// integer block sums into one vector and scales them with the four rows' `d` in one multiply.
 pub fn dot4_q8_0_simd(r0: &[u8], r1: &[u8], r2: &[u8], r3: &[u8], x: &XQ) -> [f32; 4] {
     let b0 = as_blocks::<BlockQ8_0>(r0);
     let b1 = as_blocks::<BlockQ8_0>(r1);
@@ -566,7 +578,7 @@ pub fn dot4_q8_0_simd(r0: &[u8], r1: &[u8], r2: &[u8], r3: &[u8], x: &XQ) -> [f3
     let b3 = as_blocks::<BlockQ8_0>(r3);
     let nb = b0.len().min(b1.len()).min(b2.len()).min(b3.len()).min(x.d.len());
     unsafe {
-        let mut acc = [f32x4_splat(0.0); 4];
+        let mut acc = f32x4_splat(0.0);
         for i in 0..nb {
             let px = x.q.as_ptr().add(i * QK8_0);
             let xv = [
@@ -575,11 +587,10 @@ pub fn dot4_q8_0_simd(r0: &[u8], r1: &[u8], r2: &[u8], r3: &[u8], x: &XQ) -> [f3
                 v128_load(px.add(16) as *const v128),
                 v128_load(px.add(24) as *const v128),
             ];
-            let dx = *x.d.get_unchecked(i);
-            for (a, b) in acc.iter_mut().zip([&b0[i], &b1[i], &b2[i], &b3[i]]) {
+            let isum = |b: &BlockQ8_0| {
                 let q = b.qs.as_ptr() as *const u8;
                 let (w0, w1) = (load(q), load(q.add(16)));
-                let s = i32x4_add(
+                i32x4_add(
                     i32x4_add(
                         i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), xv[0]),
                         i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), xv[1]),
@@ -588,11 +599,20 @@ pub fn dot4_q8_0_simd(r0: &[u8], r1: &[u8], r2: &[u8], r3: &[u8], x: &XQ) -> [f3
                         i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), xv[2]),
                         i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), xv[3]),
                     ),
-                );
-                *a = f32x4_add(*a, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(f16_to_f32(b.d) * dx)));
-            }
+                )
+            };
+            let (c0, c1, c2, c3) = (&b0[i], &b1[i], &b2[i], &b3[i]);
+            let s = hsum4_i32(isum(c0), isum(c1), isum(c2), isum(c3));
+            let d = f16x4_to_f32x4(u32x4(c0.d as u32, c1.d as u32, c2.d as u32, c3.d as u32));
+            let scale = f32x4_mul(d, f32x4_splat(*x.d.get_unchecked(i)));
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), scale));
         }
-        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+        [
+            f32x4_extract_lane::<0>(acc),
+            f32x4_extract_lane::<1>(acc),
+            f32x4_extract_lane::<2>(acc),
+            f32x4_extract_lane::<3>(acc),
+        ]
     }
 }
 
