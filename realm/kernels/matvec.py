@@ -4,7 +4,7 @@ Weights stay quantized: `w_rows` is a (rows, row_bytes) uint8 view (usually read
 model's mmap). Decode (`matvec`) is memory-bandwidth bound, so each kernel streams four rows per
 iteration sharing every activation load, prefetches the next rows, and runs over row chunks with
 `prange`. Q8_0 (the default model's 178 MB tied output matrix), Q4_0/Q4_1/Q5_0/Q5_1,
-Q4_K and Q6_K are fully fused with f32 activations; the others (F32, F16, BF16, Q2_K, Q3_K, Q5_K)
+Q4_K, Q5_K and Q6_K are fully fused with f32 activations; the others (F32, F16, BF16, Q2_K, Q3_K)
 dequantize four rows into a small per-thread f32 scratch (L1) and dot them with x. Prefill (`matmul`) dequantizes a tile of rows once and reuses it for all T tokens.
 Block layouts: `realm/quants.py`; bit facts from
 https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/ggml-quants.c (dequantize_row_*).
@@ -598,6 +598,8 @@ _U4 = np.uint8(4)
 _U6 = np.uint8(6)
 _U15 = np.uint8(15)
 _U63 = np.uint8(63)
+_F16_0 = np.float32(16)
+_F0 = np.float32(0)
 # Q5 high bits as floats: _HB16[byte, i] = 16.0 * bit i of byte (256, 8); one table row covers 8
 # elements, so the 5th bit costs a vector load and add instead of 64-bit lane compares (1.7 ->
 # 3.8 GB/s for Q5_0 on one thread).
@@ -854,6 +856,100 @@ def _matvec_q4_k(w, tbl, x, out):
 
 
 @jit(fastmath=_FAST)
+def _matvec_rows_q5_k(w, tbl, x, xs, out, lo, hi, dsc):
+    """Fused Q5_K: Q4_K (`_matvec_rows_q4_k`) plus a 5th bit per element from qh[32].
+
+    Element l of 64-chunk c gets 16 * (qh[l] bit 2c) (low nibbles) or (qh[l] bit 2c+1) (high).
+    """
+    flat = w.reshape(-1)
+    rb = w.shape[1]
+    nb = x.shape[0] // 256
+    e0 = dsc[0]
+    e1 = dsc[1]
+    e2 = dsc[2]
+    e3 = dsc[3]
+    r = lo
+    while r < hi:
+        n_rows = min(4, hi - r)
+        r0 = w[r]
+        r1 = w[r + min(1, n_rows - 1)]
+        r2 = w[r + min(2, n_rows - 1)]
+        r3 = w[r + min(3, n_rows - 1)]
+        a0 = np.float32(0)
+        a1 = np.float32(0)
+        a2 = np.float32(0)
+        a3 = np.float32(0)
+        p = (r + 4) * rb
+        for b in range(nb):
+            o = b * 176
+            _prefetch_range(flat, p, p + 704)
+            p += 704
+            xsb = xs[8 * b:8 * b + 8]
+            a0 -= _k4_block_scales(r0, o, tbl, xsb, e0)
+            a1 -= _k4_block_scales(r1, o, tbl, xsb, e1)
+            a2 -= _k4_block_scales(r2, o, tbl, xsb, e2)
+            a3 -= _k4_block_scales(r3, o, tbl, xsb, e3)
+            for c in range(4):  # 64 elements: 32 low nibbles (sub-block 2c), 32 high (2c+1)
+                xl = x[256 * b + 64 * c:256 * b + 64 * c + 32]
+                xh = x[256 * b + 64 * c + 32:256 * b + 64 * c + 64]
+                q0 = r0[o + 48 + 32 * c:o + 80 + 32 * c]
+                q1 = r1[o + 48 + 32 * c:o + 80 + 32 * c]
+                q2 = r2[o + 48 + 32 * c:o + 80 + 32 * c]
+                q3 = r3[o + 48 + 32 * c:o + 80 + 32 * c]
+                g0 = r0[o + 16:o + 48]
+                g1 = r1[o + 16:o + 48]
+                g2 = r2[o + 16:o + 48]
+                g3 = r3[o + 16:o + 48]
+                mlo = np.uint8(1 << (2 * c))
+                mhi = np.uint8(2 << (2 * c))
+                l0 = np.float32(0)
+                l1 = np.float32(0)
+                l2 = np.float32(0)
+                l3 = np.float32(0)
+                h0 = np.float32(0)
+                h1 = np.float32(0)
+                h2 = np.float32(0)
+                h3 = np.float32(0)
+                for l in range(32):
+                    xa = xl[l]
+                    xb = xh[l]
+                    v = q0[l]
+                    g = g0[l]
+                    l0 += (np.float32(np.int32(v & _U15)) + (_F16_0 if g & mlo else _F0)) * xa
+                    h0 += (np.float32(np.int32(v >> _U4)) + (_F16_0 if g & mhi else _F0)) * xb
+                    v = q1[l]
+                    g = g1[l]
+                    l1 += (np.float32(np.int32(v & _U15)) + (_F16_0 if g & mlo else _F0)) * xa
+                    h1 += (np.float32(np.int32(v >> _U4)) + (_F16_0 if g & mhi else _F0)) * xb
+                    v = q2[l]
+                    g = g2[l]
+                    l2 += (np.float32(np.int32(v & _U15)) + (_F16_0 if g & mlo else _F0)) * xa
+                    h2 += (np.float32(np.int32(v >> _U4)) + (_F16_0 if g & mhi else _F0)) * xb
+                    v = q3[l]
+                    g = g3[l]
+                    l3 += (np.float32(np.int32(v & _U15)) + (_F16_0 if g & mlo else _F0)) * xa
+                    h3 += (np.float32(np.int32(v >> _U4)) + (_F16_0 if g & mhi else _F0)) * xb
+                a0 += e0[2 * c] * l0 + e0[2 * c + 1] * h0
+                a1 += e1[2 * c] * l1 + e1[2 * c + 1] * h1
+                a2 += e2[2 * c] * l2 + e2[2 * c + 1] * h2
+                a3 += e3[2 * c] * l3 + e3[2 * c + 1] * h3
+        _store4(out, r, n_rows, a0, a1, a2, a3)
+        r += n_rows
+
+
+@pjit(fastmath=_FAST)
+def _matvec_q5_k(w, tbl, x, out):
+    """out (rows,) = w (rows, cols/256*176) Q5_K @ x (cols,), parallel over row chunks."""
+    rows = w.shape[0]
+    xs = _block_sums(x, 32)  # (cols/32,)
+    n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
+    for c in prange(n_chunks):
+        dsc = np.empty((4, 8), np.float32)  # (4 rows, 8 sub-blocks) d * sc
+        lo = c * _ROW_CHUNK
+        _matvec_rows_q5_k(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), dsc)
+
+
+@jit(fastmath=_FAST)
 def _matvec_rows_q6_k(w, tbl, x, out, lo, hi):
     """Fused Q6_K: out[lo:hi] = w[lo:hi] @ x (layout and element order: `_dq_row_q6_k`).
 
@@ -1093,6 +1189,8 @@ def matvec(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarr
         _matvec_q4_k(w_rows, F16_TABLE, x, out)
     elif kind == _K_Q6_K:
         _matvec_q6_k(w_rows, F16_TABLE, x, out)
+    elif kind == _K_Q5_K:
+        _matvec_q5_k(w_rows, F16_TABLE, x, out)
     else:
         _matvec_generic(kind, w_rows, F16_TABLE, x, out)
     return out
