@@ -5,12 +5,14 @@
 Prints JSON lines: the machine's copy bandwidth (large np.copyto, measured in the same run), then per
 thread count: compile/warmup time, prefill tok/s, decode tok/s, weight bytes read per token, decode as a
 fraction of bandwidth, and a breakdown of one decode step (output matvec, layer matvecs, attention, rest).
+CPU seconds (all threads) are reported beside wall time because the machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -112,17 +114,19 @@ def main() -> None:
         engine.eval([prompt[4]])
         first_s = time.perf_counter() - start
 
-        prefill = []
+        prefill, prefill_cpu = [], []
         for _ in range(2):
             engine.reset()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             logits = engine.eval(prompt)
             prefill.append(time.perf_counter() - t0)
+            prefill_cpu.append(time.process_time() - c0)
         token = int(logits.argmax())
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.decode):
             token = int(engine.eval([token]).argmax())
         decode_s = time.perf_counter() - t0
+        decode_cpu_s = time.process_time() - c0
         decode_tps = args.decode / decode_s
         bytes_per_token = engine.bytes_per_token + engine.token_embd[0].shape[1]
         breakdown = decode_breakdown(engine, engine.n_past)
@@ -131,7 +135,10 @@ def main() -> None:
         emit(bench="numba_engine", model=path.name, threads=numba.get_num_threads(),
              first_eval_s=round(first_s, 3),
              prefill_tokens=args.prompt, prefill_tok_s=round(args.prompt / min(prefill), 1),
+             prefill_cpu_s_per_token=round(min(prefill_cpu) / args.prompt, 5),
              decode_tokens=args.decode, decode_tok_s=round(decode_tps, 2), decode_ms_per_token=round(step_ms, 2),
+             decode_cpu_ms_per_token=round(decode_cpu_s / args.decode * 1e3, 2),
+             load_average_1min=os.getloadavg()[0],
              weight_bytes_per_token=bytes_per_token,
              decode_GBps=round(bytes_per_token * decode_tps / 1e9, 2),
              decode_fraction_of_copy_bandwidth=round(bytes_per_token * decode_tps / 1e9 / bandwidth, 3),
