@@ -577,7 +577,7 @@ impl Engine {
                 max_row = max_row.max(m.row_bytes);
             }
         }
-        let chunk_len = (budget / 32).clamp(MIN_CHUNK, MAX_CHUNK).max(max_row);
+        let chunk_len = (budget / 16).clamp(MIN_CHUNK, MAX_CHUNK).max(max_row);
         let chunk = try_vec(chunk_len, 0u8, budget)?;
 
         let mut e = Engine {
