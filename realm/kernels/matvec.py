@@ -33,6 +33,15 @@ _FAST = {"reassoc", "contract", "nsz"}
 # f16 bits -> float32 for the per-block scales (256 KB, exact: built by NumPy).
 F16_TABLE = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
+_U2 = np.uint8(2)
+_U3 = np.uint8(3)
+_U4 = np.uint8(4)
+_U6 = np.uint8(6)
+_U15 = np.uint8(15)
+_U63 = np.uint8(63)
+_F0 = np.float32(0)
+_F4 = np.float32(4)
+_F16_0 = np.float32(16)
 _ROW_CHUNK = 64  # rows per prange task (a multiple of 4)
 _TILE_ROWS = 16  # rows per matmul tile (a multiple of 4); scratch (16, cols) float32
 _PREFETCH_LINES = 64  # bytes per cache line
@@ -254,8 +263,8 @@ def _dq_row_q2_k(row, tbl, dst):
     """Q2_K block (84 B): scales[16] | qs[64] | d f16 | dmin f16.
 
     scales[i] = sc (low 4) | m (high 4) of 16 elements; element order: for each 128-half n, for
-    shift 0,2,4,6: 16 from qs[32n + l] then 16 from qs[32n + 16 + l], value (q >> shift) & 3.
-    y = d * sc * q - dmin * m.
+    shift 0,2,4,6 (j): 16 from qs[32n + l] then 16 from qs[32n + 16 + l], value (q >> 2j) & 3,
+    scale index 8n + 2j + h. y = d * sc * q - dmin * m. Loop: (n, h) outside, the 4 shifts inside.
     """
     n16 = _trip(16, dst.shape[0], 256)
     for b in range(dst.shape[0] // 256):
@@ -264,46 +273,63 @@ def _dq_row_q2_k(row, tbl, dst):
         d = _f16(tbl, row, o + 80)
         dmin = _f16(tbl, row, o + 82)
         for n in range(2):
-            q = row[o + 16 + 32 * n:o + 48 + 32 * n]
-            for j in range(4):
-                shift = 2 * j
-                for h in range(2):
-                    sc = np.int32(scales[8 * n + 2 * j + h])
-                    dl = d * np.float32(sc & 15)
-                    ml = dmin * np.float32(sc >> 4)
-                    qq = q[16 * h:16 * h + 16]
-                    base = b * 256 + 128 * n + 32 * j + 16 * h
-                    y = dst[base:base + 16]
-                    for l in range(n16):
-                        y[l] = dl * np.float32((np.int32(qq[l]) >> shift) & 3) - ml
+            for h in range(2):
+                q = row[o + 16 + 32 * n + 16 * h:o + 32 + 32 * n + 16 * h]
+                s0 = np.int32(scales[8 * n + h])
+                s1 = np.int32(scales[8 * n + 2 + h])
+                s2 = np.int32(scales[8 * n + 4 + h])
+                s3 = np.int32(scales[8 * n + 6 + h])
+                d0 = d * np.float32(s0 & 15)
+                d1 = d * np.float32(s1 & 15)
+                d2 = d * np.float32(s2 & 15)
+                d3 = d * np.float32(s3 & 15)
+                m0 = dmin * np.float32(s0 >> 4)
+                m1 = dmin * np.float32(s1 >> 4)
+                m2 = dmin * np.float32(s2 >> 4)
+                m3 = dmin * np.float32(s3 >> 4)
+                base = b * 256 + 128 * n + 16 * h
+                y = dst[base:base + 112]
+                for l in range(n16):
+                    v = q[l]
+                    y[l] = d0 * np.float32(np.int32(v & _U3)) - m0
+                    y[l + 32] = d1 * np.float32(np.int32((v >> _U2) & _U3)) - m1
+                    y[l + 64] = d2 * np.float32(np.int32((v >> _U4) & _U3)) - m2
+                    y[l + 96] = d3 * np.float32(np.int32(v >> _U6)) - m3
 
 
 @jit
 def _dq_row_q3_k(row, tbl, dst):
     """Q3_K block (110 B): hmask[32] | qs[64] | scales[12] (16 x 6-bit, -32) | d f16.
 
-    Like Q2_K's order; the 3rd bit of element (n, j, l) is hmask[l] bit (4n + j): clear means -4.
+    Like Q2_K's order; the 3rd bit of element (n, j, h, l) is hmask[16h + l] bit (4n + j): clear
+    means -4.
     """
     n16 = _trip(16, dst.shape[0], 256)
     for b in range(dst.shape[0] // 256):
         o = b * 110
-        hmask = row[o:o + 32]
         scales = row[o + 96:o + 108]
         d = _f16(tbl, row, o + 108)
         for n in range(2):
-            q = row[o + 32 + 32 * n:o + 64 + 32 * n]
-            for j in range(4):
-                shift = 2 * j
-                mbit = 4 * n + j
-                for h in range(2):
-                    dl = d * np.float32(_q3_k_scale(scales, 8 * n + 2 * j + h))
-                    qq = q[16 * h:16 * h + 16]
-                    hm = hmask[16 * h:16 * h + 16]
-                    base = b * 256 + 128 * n + 32 * j + 16 * h
-                    y = dst[base:base + 16]
-                    for l in range(n16):
-                        v = ((np.int32(qq[l]) >> shift) & 3) - 4 + 4 * ((np.int32(hm[l]) >> mbit) & 1)
-                        y[l] = dl * np.float32(v)
+            for h in range(2):
+                q = row[o + 32 + 32 * n + 16 * h:o + 48 + 32 * n + 16 * h]
+                hm = row[o + 16 * h:o + 16 * h + 16]
+                d0 = d * np.float32(_q3_k_scale(scales, 8 * n + h))
+                d1 = d * np.float32(_q3_k_scale(scales, 8 * n + 2 + h))
+                d2 = d * np.float32(_q3_k_scale(scales, 8 * n + 4 + h))
+                d3 = d * np.float32(_q3_k_scale(scales, 8 * n + 6 + h))
+                b0 = np.uint8(1 << (4 * n))
+                b1 = np.uint8(2 << (4 * n))
+                b2 = np.uint8(4 << (4 * n))
+                b3 = np.uint8(8 << (4 * n))
+                base = b * 256 + 128 * n + 16 * h
+                y = dst[base:base + 112]
+                for l in range(n16):
+                    v = q[l]
+                    g = hm[l]
+                    y[l] = d0 * (np.float32(np.int32(v & _U3)) - (_F0 if g & b0 else _F4))
+                    y[l + 32] = d1 * (np.float32(np.int32((v >> _U2) & _U3)) - (_F0 if g & b1 else _F4))
+                    y[l + 64] = d2 * (np.float32(np.int32((v >> _U4) & _U3)) - (_F0 if g & b2 else _F4))
+                    y[l + 96] = d3 * (np.float32(np.int32(v >> _U6)) - (_F0 if g & b3 else _F4))
 
 
 @jit
@@ -593,13 +619,6 @@ def _matvec_q8_0(w, tbl, x, out):
         _matvec_rows_q8_0(w, tbl, x, out, lo, min(rows, lo + _ROW_CHUNK))
 
 
-_U3 = np.uint8(3)
-_U4 = np.uint8(4)
-_U6 = np.uint8(6)
-_U15 = np.uint8(15)
-_U63 = np.uint8(63)
-_F16_0 = np.float32(16)
-_F0 = np.float32(0)
 # Q5 high bits as floats: _HB16[byte, i] = 16.0 * bit i of byte (256, 8); one table row covers 8
 # elements, so the 5th bit costs a vector load and add instead of 64-bit lane compares (1.7 ->
 # 3.8 GB/s for Q5_0 on one thread).
