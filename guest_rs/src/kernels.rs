@@ -361,7 +361,10 @@ pub fn dot_f32_simd(row: &[u8], x: &[f32]) -> f32 {
 /// Eight f16 bit patterns (u16x8) -> two f32x4 (same bit trick as `f16_to_f32`).
 #[inline(always)]
 unsafe fn f16x8_to_f32x4x2(h: v128) -> (v128, v128) {
-    (f16x4_to_f32x4(u32x4_extend_low_u16x8(h)), f16x4_to_f32x4(u32x4_extend_high_u16x8(h)))
+    (
+        f16x4_to_f32x4(u32x4_extend_low_u16x8(h)),
+        f16x4_to_f32x4(u32x4_extend_high_u16x8(h)),
+    )
 }
 
 /// SIMD128 f16 row.

@@ -348,7 +348,7 @@ struct Layer {
     ffn_down: Matrix,              // (dim, hidden_dim)
     key_cache: Vec<u16>,           // (kv_cap, kv_dim) f16, position p in slot p % kv_cap
     value_cache: Vec<u16>,         // (kv_cap, kv_dim) f16
-    kv_cap: usize,                 // n_ctx, or the sliding window on sliding layers
+    kv_cap: usize,                 // n_ctx, or a ring of sliding_window + MAX_BATCH (kv_capacity)
     sliding: bool,
 }
 
@@ -393,6 +393,16 @@ struct Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         unsafe { ACCOUNTED = 0 };
+    }
+}
+
+/// KV positions kept by layer il: all n_ctx, or on sliding layers a ring of the window plus one
+/// batch, so a failed `realm_eval` of <= MAX_BATCH tokens never overwrites a position still visible.
+fn kv_capacity(cfg: &Config, il: usize, n_ctx: usize) -> usize {
+    if cfg.layer_is_sliding(il) {
+        n_ctx.min(cfg.sliding_window.saturating_add(MAX_BATCH))
+    } else {
+        n_ctx
     }
 }
 
@@ -480,9 +490,7 @@ impl Engine {
         );
         let (dim, hidden, q_dim, kv_dim, vocab) = (cfg.dim, cfg.hidden_dim, cfg.q_dim(), cfg.kv_dim(), cfg.vocab_size);
         // the KV cache alone must fit (checked in u64: positions x dims can exceed 32 bits)
-        let kv_positions: u64 = (0..cfg.n_layers)
-            .map(|il| if cfg.layer_is_sliding(il) { n_ctx.min(cfg.sliding_window) } else { n_ctx } as u64)
-            .sum();
+        let kv_positions: u64 = (0..cfg.n_layers).map(|il| kv_capacity(&cfg, il, n_ctx) as u64).sum();
         let kv_bytes = 4 * kv_positions * kv_dim as u64;
         if kv_bytes > budget as u64 {
             return Err(ERR_OOM);
@@ -501,7 +509,7 @@ impl Engine {
         for il in 0..cfg.n_layers {
             let name = |s: &str| format!("blk.{}.{}.weight", il, s);
             let sliding = cfg.layer_is_sliding(il);
-            let kv_cap = if sliding { n_ctx.min(cfg.sliding_window) } else { n_ctx };
+            let kv_cap = kv_capacity(&cfg, il, n_ctx);
             layers.push(Layer {
                 attn_norm: vector(model_id, &name("attn_norm"), dim, budget)?,
                 attn_q_norm: optional_vector(cfg.qk_norm, model_id, &name("attn_q_norm"), cfg.head_dim, budget)?,
