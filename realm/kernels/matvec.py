@@ -1136,27 +1136,33 @@ def _get_rows(kind, w, tbl, ids, out):
 # ---------------------------------------------------------------------------------------------
 
 
-def _kind(ggml_type) -> tuple[GGMLType, int]:
+# GGMLType (or its int value) -> (GGMLType, kind, elements per block, bytes per block)
+_TYPE_INFO: dict[GGMLType, tuple[GGMLType, int, int, int]] = {
+    t: (t, kind) + block_size_and_bytes(t) for t, kind in _KINDS.items()
+}
+
+
+def _kind(ggml_type) -> tuple[GGMLType, int, int, int]:
+    info = _TYPE_INFO.get(ggml_type)  # IntEnum hashes like its int: one lookup on the hot path
+    if info is not None:
+        return info
     try:
         t = GGMLType(ggml_type)
     except ValueError:
         raise UnsupportedError(f"unknown ggml type id {ggml_type}") from None
-    kind = _KINDS.get(t)
-    if kind is None:
-        raise UnsupportedError(f"matvec: ggml type {t.name} is not supported")
-    return t, kind
+    raise UnsupportedError(f"matvec: ggml type {t.name} is not supported")
 
 
-def _check_weights(w_rows, t: GGMLType, cols: int) -> None:
+def _check_weights(w_rows, info: tuple[GGMLType, int, int, int], cols: int) -> None:
+    t, _, bs, ts = info
     if not isinstance(w_rows, np.ndarray) or w_rows.dtype != np.uint8 or w_rows.ndim != 2:
         raise KernelArgumentError(
             f"w_rows must be a 2-D uint8 array (rows, row_bytes), got {_describe(w_rows)}")
     if not w_rows.flags.c_contiguous:
         raise KernelArgumentError("w_rows must be C-contiguous")
-    bs, _ = block_size_and_bytes(t)
     if cols % bs:
         raise KernelArgumentError(f"{cols} columns is not a multiple of {t.name}'s block size {bs}")
-    expected = row_bytes(t, cols)
+    expected = cols // bs * ts
     if w_rows.shape[1] != expected:
         raise KernelArgumentError(
             f"{t.name} rows of {cols} elements take {expected} bytes, w_rows has {w_rows.shape[1]}")
@@ -1193,11 +1199,12 @@ def matvec(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarr
     x : (cols,) float32, C-contiguous.
     out : (rows,) float32, C-contiguous, written in place and returned.
     """
-    t, kind = _kind(ggml_type)
+    info = _kind(ggml_type)
+    kind = info[1]
     if not isinstance(x, np.ndarray) or x.ndim != 1:
         raise KernelArgumentError(f"x must be a 1-D float32 array, got {_describe(x)}")
     _check_f32(x, "x", x.shape)
-    _check_weights(w_rows, t, x.shape[0])
+    _check_weights(w_rows, info, x.shape[0])
     _check_out(out, (w_rows.shape[0],))
     if kind == _K_Q8_0:
         _matvec_q8_0(w_rows, F16_TABLE, x, out)
@@ -1225,11 +1232,12 @@ def matmul(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarr
     x : (T, cols) float32, C-contiguous.
     out : (T, rows) float32, C-contiguous, written in place and returned.
     """
-    t, kind = _kind(ggml_type)
+    info = _kind(ggml_type)
+    kind = info[1]
     if not isinstance(x, np.ndarray) or x.ndim != 2:
         raise KernelArgumentError(f"x must be a 2-D float32 array (T, cols), got {_describe(x)}")
     _check_f32(x, "x", x.shape)
-    _check_weights(w_rows, t, x.shape[1])
+    _check_weights(w_rows, info, x.shape[1])
     _check_out(out, (x.shape[0], w_rows.shape[0]))
     if x.shape[0] and w_rows.shape[0]:
         _matmul_generic(kind, w_rows, F16_TABLE, x, out)
@@ -1246,12 +1254,13 @@ def get_rows(w_rows: np.ndarray, ggml_type: GGMLType, ids, out: np.ndarray) -> n
     ids : sequence of row indices (ints), each in [0, rows).
     out : (len(ids), cols) float32, C-contiguous, written in place and returned.
     """
-    t, kind = _kind(ggml_type)
+    info = _kind(ggml_type)
+    kind = info[1]
     ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
     if not isinstance(out, np.ndarray) or out.ndim != 2:
         raise KernelArgumentError(f"out must be a 2-D float32 array (n, cols), got {_describe(out)}")
     _check_out(out, (ids.shape[0], out.shape[1]))
-    _check_weights(w_rows, t, out.shape[1])
+    _check_weights(w_rows, info, out.shape[1])
     if ids.size and (ids.min() < 0 or ids.max() >= w_rows.shape[0]):
         bad = ids[(ids < 0) | (ids >= w_rows.shape[0])][0]
         raise KernelArgumentError(f"row id {bad} out of range [0, {w_rows.shape[0]})")
