@@ -619,6 +619,97 @@ pub fn dot4_q8_0_simd(r0: &[u8], r1: &[u8], r2: &[u8], r3: &[u8], x: &XQ) -> [f3
     }
 }
 
+/// SIMD128 dot of one row of 32-element blocks with four tokens' XQ (prefill): each block is
+/// unpacked once, its integer sums for the four tokens reduced into one vector and scaled by
+/// `d * dx[token]` in one multiply. `unpack` gives a block's 32 signed values as two i8x16.
+#[inline(always)]
+fn dot_tokens4_blocks32<B>(
+    row: &[B],
+    xs: &[XQ; 4],
+    unpack: impl Fn(&B) -> (v128, v128),
+    d_bits: impl Fn(&B) -> u16,
+) -> [f32; 4] {
+    let nb = xs.iter().map(|x| x.d.len()).min().unwrap_or(0).min(row.len());
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        for i in 0..nb {
+            let b = &row[i];
+            let (w0, w1) = unpack(b);
+            let e = [
+                i16x8_extend_low_i8x16(w0),
+                i16x8_extend_high_i8x16(w0),
+                i16x8_extend_low_i8x16(w1),
+                i16x8_extend_high_i8x16(w1),
+            ];
+            let isum = |x: &XQ| {
+                let px = x.q.as_ptr().add(i * QKX);
+                i32x4_add(
+                    i32x4_add(idot16(e[0], px), idot16(e[1], px.add(8))),
+                    i32x4_add(idot16(e[2], px.add(16)), idot16(e[3], px.add(24))),
+                )
+            };
+            let s = hsum4_i32(isum(&xs[0]), isum(&xs[1]), isum(&xs[2]), isum(&xs[3]));
+            let dx = f32x4(
+                *xs[0].d.get_unchecked(i),
+                *xs[1].d.get_unchecked(i),
+                *xs[2].d.get_unchecked(i),
+                *xs[3].d.get_unchecked(i),
+            );
+            let scale = f32x4_mul(dx, f32x4_splat(f16_to_f32(d_bits(b))));
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), scale));
+        }
+        [
+            f32x4_extract_lane::<0>(acc),
+            f32x4_extract_lane::<1>(acc),
+            f32x4_extract_lane::<2>(acc),
+            f32x4_extract_lane::<3>(acc),
+        ]
+    }
+}
+
+/// One row of Q4_0, Q5_0 or Q8_0 · four tokens' XQ; None for other types.
+pub fn dot_tokens4_simd(t: GgmlType, row: &[u8], xs: &[XQ; 4]) -> Option<[f32; 4]> {
+    unsafe {
+        let m4 = u8x16_splat(0x0F);
+        Some(match t {
+            GgmlType::Q8_0 => dot_tokens4_blocks32(
+                as_blocks::<BlockQ8_0>(row),
+                xs,
+                |b| {
+                    let q = b.qs.as_ptr() as *const u8;
+                    (load(q), load(q.add(16)))
+                },
+                |b| b.d,
+            ),
+            GgmlType::Q4_0 => dot_tokens4_blocks32(
+                as_blocks::<BlockQ4_0>(row),
+                xs,
+                |b| {
+                    let v = load(b.qs.as_ptr());
+                    let eight = i8x16_splat(8);
+                    (i8x16_sub(v128_and(v, m4), eight), i8x16_sub(u8x16_shr(v, 4), eight))
+                },
+                |b| b.d,
+            ),
+            GgmlType::Q5_0 => dot_tokens4_blocks32(
+                as_blocks::<BlockQ5_0>(row),
+                xs,
+                |b| {
+                    let v = load(b.qs.as_ptr());
+                    let (h0, h1) = q5_high_bits(&b.qh);
+                    let sixteen = i8x16_splat(16);
+                    (
+                        i8x16_sub(v128_or(v128_and(v, m4), h0), sixteen),
+                        i8x16_sub(v128_or(u8x16_shr(v, 4), h1), sixteen),
+                    )
+                },
+                |b| b.d,
+            ),
+            _ => return None,
+        })
+    }
+}
+
 /// Scalar twin, Q4_0 · XQ.
 pub fn dot_q4_0(row: &[u8], x: &XQ) -> f32 {
     let mut sum = 0f32;
@@ -1011,9 +1102,27 @@ pub fn matmul(
                 r0 += 4;
             }
         }
+        let xq_of = |ti: usize| XQ {
+            q: &xqb.q[ti * cols..(ti + 1) * cols],
+            d: &xqb.d[ti * nb..(ti + 1) * nb],
+            s: &xqb.s[ti * nb..(ti + 1) * nb],
+        };
         for r in r0..rows {
             let row = &w[r * row_bytes..(r + 1) * row_bytes];
-            for ti in 0..nt {
+            let mut t0 = 0;
+            while nt > 1 && t0 + 4 <= nt {
+                let xs = [xq_of(t0), xq_of(t0 + 1), xq_of(t0 + 2), xq_of(t0 + 3)];
+                match dot_tokens4_simd(t, row, &xs) {
+                    Some(v) => {
+                        for (k, val) in v.iter().enumerate() {
+                            out[(t0 + k) * out_stride + r] = *val;
+                        }
+                    }
+                    None => break,
+                }
+                t0 += 4;
+            }
+            for ti in t0..nt {
                 let xq = XQ {
                     q: &xqb.q[ti * cols..(ti + 1) * cols],
                     d: &xqb.d[ti * nb..(ti + 1) * nb],
