@@ -71,7 +71,7 @@ class NumbaEngine:
 
     def __init__(self, gguf_file, config: ModelConfig, n_ctx: int = DEFAULT_CTX, threads: int | None = None,
                  prefill_kernel: str = "auto"):
-        """`threads` sets Numba's thread count (numba.set_num_threads) for the calling thread.
+        """`threads`: Numba threads used by this engine's kernels (set around each `eval`, then restored).
 
         `prefill_kernel` multiplies prompts (T > 1) either by dequantizing one weight matrix at a time
         into a reused f32 scratch and calling NumPy's BLAS ("blas": ~1.7x faster per core on the default
@@ -84,13 +84,11 @@ class NumbaEngine:
         self.prefill_kernel = prefill_kernel
         if n_ctx <= 0:
             raise RealmError(f"n_ctx must be positive, got {n_ctx}")
-        if threads is not None:
-            if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-                raise RealmError(f"threads must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {threads}")
-            numba.set_num_threads(threads)
+        if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise RealmError(f"threads must be in [1, {numba.config.NUMBA_NUM_THREADS}], got {threads}")
         self.config = c = config
         self.n_ctx = n_ctx
-        self.threads = numba.get_num_threads()
+        self.threads = threads if threads is not None else numba.get_num_threads()
         self._file = gguf_file
         self.weight_bytes = 0
 
@@ -178,8 +176,13 @@ class NumbaEngine:
         start = time.perf_counter()
         B = self._decode if T == 1 else Buffers(self.config, T)
         B.ids[:] = ids
-        self._forward(B, T)
-        logits = self._logits(B, T, all_logits)
+        caller_threads = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            self._forward(B, T)
+            logits = self._logits(B, T, all_logits)
+        finally:
+            numba.set_num_threads(caller_threads)
         kind = "prefill" if T > 1 else "decode"
         self._stats[kind + "_tokens"] += T
         self._stats[kind + "_s"] += time.perf_counter() - start
