@@ -667,7 +667,7 @@ fn dot_tokens4_blocks32<B>(
     }
 }
 
-/// One row of Q4_0, Q5_0 or Q8_0 · four tokens' XQ; None for other types.
+/// One row of Q4_0, Q5_0, Q8_0, Q4_K or Q6_K · four tokens' XQ (prefill); None for other types.
 pub fn dot_tokens4_simd(t: GgmlType, row: &[u8], xs: &[XQ; 4]) -> Option<[f32; 4]> {
     unsafe {
         let m4 = u8x16_splat(0x0F);
@@ -705,8 +705,121 @@ pub fn dot_tokens4_simd(t: GgmlType, row: &[u8], xs: &[XQ; 4]) -> Option<[f32; 4
                 },
                 |b| b.d,
             ),
+            GgmlType::Q4_K => dot_tokens4_q4_k(as_blocks::<BlockQ4K>(row), xs),
+            GgmlType::Q6_K => dot_tokens4_q6_k(as_blocks::<BlockQ6K>(row), xs),
             _ => return None,
         })
+    }
+}
+
+/// [x0[i], x1[i], x2[i], x3[i]] of a per-block field of four tokens' XQ.
+#[inline(always)]
+unsafe fn lanes4(a: &[f32], b: &[f32], c: &[f32], d: &[f32], i: usize) -> v128 {
+    f32x4(
+        *a.get_unchecked(i),
+        *b.get_unchecked(i),
+        *c.get_unchecked(i),
+        *d.get_unchecked(i),
+    )
+}
+
+/// Integer sums of 16 unpacked i8 values (as two i16x8) with four tokens' q at element `e`, reduced
+/// to [token0, .., token3].
+#[inline(always)]
+unsafe fn isum16_tokens4(lo: v128, hi: v128, xs: &[XQ; 4], e: usize) -> v128 {
+    let one = |x: &XQ| {
+        let px = x.q.as_ptr().add(e);
+        i32x4_add(idot16(lo, px), idot16(hi, px.add(8)))
+    };
+    hsum4_i32(one(&xs[0]), one(&xs[1]), one(&xs[2]), one(&xs[3]))
+}
+
+/// One Q4_K row · four tokens' XQ (prefill).
+fn dot_tokens4_q4_k(row: &[BlockQ4K], xs: &[XQ; 4]) -> [f32; 4] {
+    let nb = xs.iter().map(|x| x.d.len() / 8).min().unwrap_or(0).min(row.len());
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        let m4 = u8x16_splat(0x0F);
+        for i in 0..nb {
+            let b = &row[i];
+            let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
+            for j in 0..4 {
+                let q0 = load(b.qs.as_ptr().add(32 * j));
+                let q1 = load(b.qs.as_ptr().add(32 * j + 16));
+                for (k, (a0, a1)) in [
+                    (v128_and(q0, m4), v128_and(q1, m4)),
+                    (u8x16_shr(q0, 4), u8x16_shr(q1, 4)),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let g = 2 * j + k;
+                    let xg = i * 8 + g; // activation block
+                    let e = xg * QKX;
+                    let s = i32x4_add(
+                        isum16_tokens4(i16x8_extend_low_i8x16(a0), i16x8_extend_high_i8x16(a0), xs, e),
+                        isum16_tokens4(i16x8_extend_low_i8x16(a1), i16x8_extend_high_i8x16(a1), xs, e + 16),
+                    );
+                    let (sc, m) = get_scale_min_k4(g, &b.scales);
+                    let dx = lanes4(xs[0].d, xs[1].d, xs[2].d, xs[3].d, xg);
+                    let sx = lanes4(xs[0].s, xs[1].s, xs[2].s, xs[3].s, xg);
+                    acc = f32x4_add(
+                        acc,
+                        f32x4_mul(f32x4_convert_i32x4(s), f32x4_mul(dx, f32x4_splat(d * sc as f32))),
+                    );
+                    acc = f32x4_sub(acc, f32x4_mul(sx, f32x4_splat(dmin * m as f32)));
+                }
+            }
+        }
+        [
+            f32x4_extract_lane::<0>(acc),
+            f32x4_extract_lane::<1>(acc),
+            f32x4_extract_lane::<2>(acc),
+            f32x4_extract_lane::<3>(acc),
+        ]
+    }
+}
+
+/// One Q6_K row · four tokens' XQ (prefill).
+fn dot_tokens4_q6_k(row: &[BlockQ6K], xs: &[XQ; 4]) -> [f32; 4] {
+    let nb = xs.iter().map(|x| x.d.len() / 8).min().unwrap_or(0).min(row.len());
+    unsafe {
+        let mut acc = f32x4_splat(0.0);
+        let m4 = u8x16_splat(0x0F);
+        let m3 = u8x16_splat(0x03);
+        let off = i8x16_splat(32);
+        for i in 0..nb {
+            let b = &row[i];
+            let d = f16_to_f32(b.d);
+            for h in 0..2 {
+                for l in (0..32).step_by(16) {
+                    let qa = load(b.ql.as_ptr().add(64 * h + l));
+                    let qb = load(b.ql.as_ptr().add(64 * h + 32 + l));
+                    let qh = load(b.qh.as_ptr().add(32 * h + l));
+                    let q = [
+                        v128_or(v128_and(qa, m4), i8x16_shl(v128_and(qh, m3), 4)),
+                        v128_or(v128_and(qb, m4), i8x16_shl(v128_and(u8x16_shr(qh, 2), m3), 4)),
+                        v128_or(u8x16_shr(qa, 4), i8x16_shl(v128_and(u8x16_shr(qh, 4), m3), 4)),
+                        v128_or(u8x16_shr(qb, 4), i8x16_shl(u8x16_shr(qh, 6), 4)),
+                    ];
+                    for g in 0..4 {
+                        let e = 128 * h + 32 * g + l; // element in the block
+                        let xe = i * QK_K + e;
+                        let v = i8x16_sub(q[g], off);
+                        let s = isum16_tokens4(i16x8_extend_low_i8x16(v), i16x8_extend_high_i8x16(v), xs, xe);
+                        let dx = lanes4(xs[0].d, xs[1].d, xs[2].d, xs[3].d, xe / QKX);
+                        let scale = f32x4_mul(dx, f32x4_splat(d * b.scales[e / 16] as f32));
+                        acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), scale));
+                    }
+                }
+            }
+        }
+        [
+            f32x4_extract_lane::<0>(acc),
+            f32x4_extract_lane::<1>(acc),
+            f32x4_extract_lane::<2>(acc),
+            f32x4_extract_lane::<3>(acc),
+        ]
     }
 }
 
