@@ -465,7 +465,7 @@ unsafe fn q5_high_bits(qh: &[u8; 4]) -> (v128, v128) {
 
 pub const QKX: usize = 32; // elements per activation block
 
-/// x quantized per block of 32: `q` (cols,), `d` scale and `s` float sum of each block (cols / 32,).
+/// x quantized per block of 32: `q` (cols,), `d` scale and `s` = d * Σq of each block (cols / 32,).
 pub struct XQ<'a> {
     pub q: &'a [i16],
     pub d: &'a [f32],
@@ -483,20 +483,19 @@ pub fn uses_xq(t: GgmlType) -> bool {
 /// Quantize x (len a multiple of 32) into q, d, s.
 pub fn quantize_x(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
     for (b, xb) in x.chunks_exact(QKX).enumerate() {
-        let mut amax = 0f32;
-        let mut sum = 0f32;
-        for v in xb {
-            amax = amax.max(v.abs());
-            sum += *v;
-        }
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let db = amax / 32767.0;
         let id = if db > 0.0 { 1.0 / db } else { 0.0 };
+        let mut isum = 0i32;
         for (qi, v) in q[b * QKX..(b + 1) * QKX].iter_mut().zip(xb) {
             let r = *v * id;
             *qi = ((r + if r >= 0.0 { 0.5 } else { -0.5 }) as i32).clamp(-32767, 32767) as i16;
+            isum += *qi as i32;
         }
         d[b] = db;
-        s[b] = sum;
+        // the sum of the *quantized* block: the k-quant min term then cancels against the scale term
+        // exactly as in dequantize(w) · x_q, instead of amplifying x's rounding by the mean of q
+        s[b] = db * isum as f32;
     }
 }
 
