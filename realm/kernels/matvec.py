@@ -43,6 +43,9 @@ _F0 = np.float32(0)
 _F4 = np.float32(4)
 _F16_0 = np.float32(16)
 _ROW_CHUNK = 64  # rows per prange task (a multiple of 4)
+# `matvec` runs smaller matrices on the calling thread: a parallel launch costs ~5-10 us, and on
+# a busy machine a descheduled worker stalls the whole call for a time slice (measured 4-12 ms).
+PARALLEL_MIN_BYTES = 64 << 10
 _TILE_ROWS = 16  # rows per matmul tile (a multiple of 4); scratch (16, cols) float32
 _PREFETCH_LINES = 64  # bytes per cache line
 
@@ -532,17 +535,6 @@ def _matvec_rows(kind, w, tbl, x, out, lo, hi, scratch):
         r += 1
 
 
-@pjit(fastmath=_FAST)
-def _matvec_generic(kind, w, tbl, x, out):
-    """out (rows,) = dequant(w (rows, row_bytes)) @ x (cols,), parallel over row chunks."""
-    rows = w.shape[0]
-    n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
-    for c in prange(n_chunks):
-        scratch = np.empty((4, x.shape[0]), np.float32)  # (4, cols)
-        lo = c * _ROW_CHUNK
-        _matvec_rows(kind, w, tbl, x, out, lo, min(rows, lo + _ROW_CHUNK), scratch)
-
-
 @jit(fastmath=_FAST)
 def _matvec_rows_q8_0(w, tbl, x, out, lo, hi):
     """Fused Q8_0: out[lo:hi] = w[lo:hi] @ x, four rows per iteration, per-block f32 sums."""
@@ -607,16 +599,6 @@ def _matvec_rows_q8_0(w, tbl, x, out, lo, hi):
             a0 += _f16(tbl, r0, o) * s0
         out[r] = a0
         r += 1
-
-
-@pjit(fastmath=_FAST)
-def _matvec_q8_0(w, tbl, x, out):
-    """out (rows,) = w (rows, cols/32*34) Q8_0 @ x (cols,), parallel over row chunks."""
-    rows = w.shape[0]
-    n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
-    for c in prange(n_chunks):
-        lo = c * _ROW_CHUNK
-        _matvec_rows_q8_0(w, tbl, x, out, lo, min(rows, lo + _ROW_CHUNK))
 
 
 # Q5 high bits as floats: _HB16[byte, i] = 16.0 * bit i of byte (256, 8); one table row covers 8
@@ -754,25 +736,14 @@ def _store4(out, r, n_rows, a0, a1, a2, a3):
         out[r + 3] = a3
 
 
-@pjit(fastmath=_FAST)
-def _matvec_q4q5(w, tbl, x, out, bpb, m_off, qh_off, qs_off, bias):
-    """out (rows,) = w (rows, cols/32*bpb) @ x (cols,) for Q4_0/Q4_1/Q5_0/Q5_1, parallel over row chunks."""
-    rows = w.shape[0]
-    xs = _block_sums(x, 32)  # (cols/32,)
-    n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
-    for c in prange(n_chunks):
-        lo = c * _ROW_CHUNK
-        _matvec_rows_q4q5(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), bpb, m_off, qh_off, qs_off,
-                          bias)
-
-
 # (bytes per block, m offset, qh offset, qs offset, bias) of the legacy 32-element types
-_Q4Q5_PARAMS: dict[int, tuple[int, int, int, int, float]] = {
-    _K_Q4_0: (18, -1, -1, 2, 8.0),
-    _K_Q4_1: (20, 2, -1, 4, 0.0),
-    _K_Q5_0: (22, -1, 2, 6, 16.0),
-    _K_Q5_1: (24, 2, 4, 8, 0.0),
+_Q4Q5_PARAMS: dict[int, tuple[int, int, int, int, np.float32]] = {
+    _K_Q4_0: (18, -1, -1, 2, np.float32(8)),
+    _K_Q4_1: (20, 2, -1, 4, np.float32(0)),
+    _K_Q5_0: (22, -1, 2, 6, np.float32(16)),
+    _K_Q5_1: (24, 2, 4, 8, np.float32(0)),
 }
+_NO_Q4Q5 = (0, -1, -1, 0, np.float32(0))
 
 
 @jit(fastmath=_FAST, inline="always")
@@ -862,18 +833,6 @@ def _matvec_rows_q4_k(w, tbl, x, xs, out, lo, hi, dsc):
         r += n_rows
 
 
-@pjit(fastmath=_FAST)
-def _matvec_q4_k(w, tbl, x, out):
-    """out (rows,) = w (rows, cols/256*144) Q4_K @ x (cols,), parallel over row chunks."""
-    rows = w.shape[0]
-    xs = _block_sums(x, 32)  # (cols/32,)
-    n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
-    for c in prange(n_chunks):
-        dsc = np.empty((4, 8), np.float32)  # (4 rows, 8 sub-blocks) d * sc
-        lo = c * _ROW_CHUNK
-        _matvec_rows_q4_k(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), dsc)
-
-
 @jit(fastmath=_FAST)
 def _matvec_rows_q5_k(w, tbl, x, xs, out, lo, hi, dsc):
     """Fused Q5_K: Q4_K (`_matvec_rows_q4_k`) plus a 5th bit per element from qh[32].
@@ -954,18 +913,6 @@ def _matvec_rows_q5_k(w, tbl, x, xs, out, lo, hi, dsc):
                 a3 += e3[2 * c] * l3 + e3[2 * c + 1] * h3
         _store4(out, r, n_rows, a0, a1, a2, a3)
         r += n_rows
-
-
-@pjit(fastmath=_FAST)
-def _matvec_q5_k(w, tbl, x, out):
-    """out (rows,) = w (rows, cols/256*176) Q5_K @ x (cols,), parallel over row chunks."""
-    rows = w.shape[0]
-    xs = _block_sums(x, 32)  # (cols/32,)
-    n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
-    for c in prange(n_chunks):
-        dsc = np.empty((4, 8), np.float32)  # (4 rows, 8 sub-blocks) d * sc
-        lo = c * _ROW_CHUNK
-        _matvec_rows_q5_k(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), dsc)
 
 
 @jit(fastmath=_FAST)
@@ -1081,14 +1028,41 @@ def _matvec_rows_q6_k(w, tbl, x, out, lo, hi):
         r += n_rows
 
 
+@jit(fastmath=_FAST)
+def _matvec_range(kind, w, tbl, x, xs, out, lo, hi, bpb, m_off, qh_off, qs_off, bias):
+    """out[lo:hi] = dequant(w[lo:hi]) @ x with the kernel of `kind` (serial; xs: `_block_sums(x, 32)`)."""
+    if kind == _K_Q8_0:
+        _matvec_rows_q8_0(w, tbl, x, out, lo, hi)
+    elif bpb > 0:  # Q4_0, Q4_1, Q5_0, Q5_1
+        _matvec_rows_q4q5(w, tbl, x, xs, out, lo, hi, bpb, m_off, qh_off, qs_off, bias)
+    elif kind == _K_Q4_K:
+        _matvec_rows_q4_k(w, tbl, x, xs, out, lo, hi, np.empty((4, 8), np.float32))
+    elif kind == _K_Q6_K:
+        _matvec_rows_q6_k(w, tbl, x, out, lo, hi)
+    elif kind == _K_Q5_K:
+        _matvec_rows_q5_k(w, tbl, x, xs, out, lo, hi, np.empty((4, 8), np.float32))
+    else:
+        _matvec_rows(kind, w, tbl, x, out, lo, hi, np.empty((4, x.shape[0]), np.float32))
+
+
 @pjit(fastmath=_FAST)
-def _matvec_q6_k(w, tbl, x, out):
-    """out (rows,) = w (rows, cols/256*210) Q6_K @ x (cols,), parallel over row chunks."""
+def _matvec_parallel(kind, w, tbl, x, out, bpb, m_off, qh_off, qs_off, bias):
+    """out (rows,) = dequant(w (rows, row_bytes)) @ x (cols,), parallel over chunks of rows."""
     rows = w.shape[0]
+    xs = _block_sums(x, 32)  # (cols/32,)
     n_chunks = (rows + _ROW_CHUNK - 1) // _ROW_CHUNK
     for c in prange(n_chunks):
         lo = c * _ROW_CHUNK
-        _matvec_rows_q6_k(w, tbl, x, out, lo, min(rows, lo + _ROW_CHUNK))
+        _matvec_range(kind, w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), bpb, m_off, qh_off, qs_off,
+                      bias)
+
+
+@jit(fastmath=_FAST)
+def _matvec_serial(kind, w, tbl, x, out, bpb, m_off, qh_off, qs_off, bias):
+    """Like `_matvec_parallel` on the calling thread only (small matrices, busy machines)."""
+    xs = _block_sums(x, 32)  # (cols/32,)
+    _matvec_range(kind, w, tbl, x, xs, out, 0, w.shape[0], bpb, m_off, qh_off, qs_off, bias)
+
 
 # ---------------------------------------------------------------------------------------------
 # matmul (prefill): each row tile dequantized once, reused for every token
@@ -1189,7 +1163,8 @@ def _describe(a) -> str:
     return type(a).__name__
 
 
-def matvec(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+def matvec(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarray,
+           parallel: bool | None = None) -> np.ndarray:
     """Quantized matrix-vector product ``out = dequant(w_rows) @ x``.
 
     Parameters
@@ -1198,6 +1173,8 @@ def matvec(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarr
     ggml_type : the GGMLType of the rows; row_bytes must equal ``row_bytes(ggml_type, cols)``.
     x : (cols,) float32, C-contiguous.
     out : (rows,) float32, C-contiguous, written in place and returned.
+    parallel : run on Numba's threads (True) or the calling thread only (False); None: parallel
+        when the matrix has at least PARALLEL_MIN_BYTES bytes.
     """
     info = _kind(ggml_type)
     kind = info[1]
@@ -1206,19 +1183,13 @@ def matvec(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarr
     _check_f32(x, "x", x.shape)
     _check_weights(w_rows, info, x.shape[0])
     _check_out(out, (w_rows.shape[0],))
-    if kind == _K_Q8_0:
-        _matvec_q8_0(w_rows, F16_TABLE, x, out)
-    elif kind in _Q4Q5_PARAMS:
-        bpb, m_off, qh_off, qs_off, bias = _Q4Q5_PARAMS[kind]
-        _matvec_q4q5(w_rows, F16_TABLE, x, out, bpb, m_off, qh_off, qs_off, np.float32(bias))
-    elif kind == _K_Q4_K:
-        _matvec_q4_k(w_rows, F16_TABLE, x, out)
-    elif kind == _K_Q6_K:
-        _matvec_q6_k(w_rows, F16_TABLE, x, out)
-    elif kind == _K_Q5_K:
-        _matvec_q5_k(w_rows, F16_TABLE, x, out)
+    bpb, m_off, qh_off, qs_off, bias = _Q4Q5_PARAMS.get(kind, _NO_Q4Q5)
+    if parallel is None:
+        parallel = w_rows.nbytes >= PARALLEL_MIN_BYTES
+    if parallel:
+        _matvec_parallel(kind, w_rows, F16_TABLE, x, out, bpb, m_off, qh_off, qs_off, bias)
     else:
-        _matvec_generic(kind, w_rows, F16_TABLE, x, out)
+        _matvec_serial(kind, w_rows, F16_TABLE, x, out, bpb, m_off, qh_off, qs_off, bias)
     return out
 
 
@@ -1288,14 +1259,14 @@ def warmup() -> None:
     """Compile (or load from cache) every kernel on tiny inputs, one and several rows."""
     rng = np.random.default_rng(0)
     for t in sorted(MATVEC_TYPES):
-        cols = block_size_and_bytes(t)[0] * (1 if block_size_and_bytes(t)[0] > 1 else 32)
-        for rows in (1, 6):
-            w = _random_rows(t, rows, cols, rng)
-            w.flags.writeable = False
-            x = np.ones(cols, np.float32)
-            matvec(w, t, x, np.empty(rows, np.float32))
-            matmul(w, t, np.ones((2, cols), np.float32), np.empty((2, rows), np.float32))
-            get_rows(w, t, [0], np.empty((1, cols), np.float32))
-        # writeable weights are a different Numba type: compile that variant too
-        w = _random_rows(t, 4, cols, rng)
-        matvec(w, t, np.ones(cols, np.float32), np.empty(4, np.float32))
+        bs = block_size_and_bytes(t)[0]
+        cols = bs if bs > 1 else 32
+        for writeable in (False, True):  # read-only mmap views and ordinary arrays type differently
+            for rows in (1, 6):
+                w = _random_rows(t, rows, cols, rng)
+                w.flags.writeable = writeable
+                x = np.ones(cols, np.float32)
+                for parallel in (False, True):
+                    matvec(w, t, x, np.empty(rows, np.float32), parallel=parallel)
+                matmul(w, t, np.ones((2, cols), np.float32), np.empty((2, rows), np.float32))
+                get_rows(w, t, [0], np.empty((1, cols), np.float32))

@@ -84,10 +84,11 @@ def test_matvec_matches_gguf(t, rows, rng):
     w = random_rows(t, rows, cols, rng)
     x = rng.standard_normal(cols).astype(np.float32)
     wd = reference(w, t, cols)
-    out = np.full(rows, np.nan, np.float32)
-    assert mv.matvec(w, t, x, out) is out
-    assert_close(out, wd @ x.astype(np.float64), np.abs(wd) @ np.abs(x.astype(np.float64)),
-                 TOL["matvec", t], f"matvec {t.name} ({rows}x{cols})")
+    for parallel in (False, True):
+        out = np.full(rows, np.nan, np.float32)
+        assert mv.matvec(w, t, x, out, parallel=parallel) is out
+        assert_close(out, wd @ x.astype(np.float64), np.abs(wd) @ np.abs(x.astype(np.float64)),
+                     TOL["matvec", t], f"matvec {t.name} ({rows}x{cols}, parallel={parallel})")
 
 
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: t.name)
