@@ -7,6 +7,7 @@ tensor cache inside a linear memory capped by `memory_budget`.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -15,11 +16,18 @@ import numpy as np
 from realm.errors import GuestError
 from realm.host import abi
 from realm.host.abi import Err, guest_error
-from realm.host.runtime import DEFAULT_BUDGET, Guest
+from realm.host.runtime import DEFAULT_BUDGET, DEFAULT_TIMEOUT, Guest
 from realm.host.store import ModelStore, default_store
 
 MAX_BATCH = 64  # positions per realm_eval call
 LOGITS_SHARE = 8  # all_logits chunks use at most budget / LOGITS_SHARE bytes of logits
+TIMEOUT_SCALE_BYTES = 512 << 20  # DEFAULT_TIMEOUT covers models up to this much tensor data
+
+
+def default_timeout(tensor_bytes: int) -> float:
+    """The per-call deadline for a model with `tensor_bytes` of weights: DEFAULT_TIMEOUT (60 s) up
+    to 512 MiB, then proportionally longer (a 64-token chunk streams every weight once or twice)."""
+    return DEFAULT_TIMEOUT * max(1.0, tensor_bytes / TIMEOUT_SCALE_BYTES)
 
 
 class WasmEngine:
@@ -32,12 +40,16 @@ class WasmEngine:
     n_ctx : context length (KV cache positions) to allocate in the guest.
     memory_budget : cap on the guest's linear memory in bytes.
     store : the ModelStore to share (default: the process-wide one).
-    timeout : seconds one guest call may run (None: unlimited).
+    timeout : seconds one guest call (`realm_init`, one `realm_eval` chunk of <= 64 tokens, ...) may
+        run; "auto" (default): `default_timeout(model tensor bytes)`, 60 s for models up to 512 MiB;
+        None: unlimited.
     wasm : another guest module (bytes, path) instead of the shipped one.
+    max_read_bytes : the tenant's total read quota in bytes (default None: unlimited; the guest
+        streams the weights it cannot cache, so a decoded token can read the whole model).
     """
 
     def __init__(self, gguf_file, config, n_ctx: int = 2048, memory_budget: int = DEFAULT_BUDGET,
-                 store: ModelStore | None = None, timeout: float | None = None, wasm=None,
+                 store: ModelStore | None = None, timeout: float | str | None = "auto", wasm=None,
                  max_read_bytes: int | None = None, **_ignored: Any):
         self.config = config
         self.n_ctx = int(n_ctx)
@@ -45,6 +57,10 @@ class WasmEngine:
         self.n_past = 0
         self._history: list[int] = []
         self.model_store = store if store is not None else default_store()
+        self.max_read_bytes = max_read_bytes
+        if timeout == "auto":
+            timeout = default_timeout(_tensor_bytes(gguf_file))
+        self.timeout = timeout
         t0 = time.perf_counter()
         self.guest = Guest(wasm, model_store=self.model_store, memory_budget=self.memory_budget,
                            timeout=timeout, max_read_bytes=max_read_bytes)
@@ -62,7 +78,7 @@ class WasmEngine:
                     f"the memory budget of {self.memory_budget / 2**20:.1f} MiB is too small for a context of "
                     f"{self.n_ctx} positions of this model; raise --memory-budget or lower --ctx", rc)
             if rc < 0:
-                raise guest_error("realm_init failed", rc)
+                raise guest_error("realm_init failed" + self._hint(rc), rc)
             self._vocab = int(config.vocab_size)
             self._tok_cap = MAX_BATCH
             self._logits_step = MAX_BATCH  # all_logits positions per call; halved when the guest is short
@@ -122,10 +138,15 @@ class WasmEngine:
                 raise guest_error(
                     f"the guest ran out of its {self.memory_budget / 2**20:.1f} MiB memory budget while "
                     f"evaluating {chunk.shape[0]} token(s); raise --memory-budget or lower --ctx", rc)
-            raise guest_error("realm_eval failed", rc)
+            raise guest_error("realm_eval failed" + self._hint(rc), rc)
         self.n_past += chunk.shape[0]
         self._history.extend(int(t) for t in chunk)
         return rc
+
+    def _hint(self, rc: int) -> str:
+        if rc == Err.ERR_QUOTA:
+            return f" (this tenant's read quota of {self.max_read_bytes} bytes is exhausted)"
+        return ""
 
     def _read_logits(self, n_rows: int) -> np.ndarray:
         """(n_rows, vocab) fresh copy of the guest's logits (never a view of guest memory)."""
@@ -193,6 +214,17 @@ class WasmEngine:
                 guest.close()
             except Exception:
                 pass
+
+
+def _tensor_bytes(gguf_file) -> int:
+    """Bytes of tensor data of an open GGUFFile or a path (0 when unknown)."""
+    tensors = getattr(gguf_file, "tensors", None)
+    if tensors is not None:
+        return sum(int(t.n_bytes) for t in tensors.values())
+    try:
+        return os.path.getsize(gguf_file)
+    except (OSError, TypeError):
+        return 0
 
 
 def _i32(x: int) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from realm.errors import ConfigError, GGUFError, GuestError, UnsupportedError
 from realm.quants import SUPPORTED, GGMLType
-from realm.host.store import BadModelError, IdConflictError, ModelStore, QuotaError, StoredModel
+from realm.host.store import BadModelError, IdConflictError, ModelStore, NoModelError, QuotaError, StoredModel
 
 log = logging.getLogger("realm.host")
 
@@ -172,12 +172,13 @@ class _HostError(Exception):
 
 
 class _Held:
-    """A model a tenant holds: the store entry, its tensor list (handle = index), reference count."""
+    """A model a tenant holds: the store entry, the store's id for it, its tensor list (handle = index), refs."""
 
-    __slots__ = ("entry", "refs", "tensors", "buffer", "base")
+    __slots__ = ("entry", "store_id", "refs", "tensors", "buffer", "base")
 
-    def __init__(self, entry: StoredModel):
+    def __init__(self, entry: StoredModel, store_id: int):
         self.entry = entry
+        self.store_id = store_id
         self.refs = 0
         self.tensors = list(entry.gguf.tensors.values())  # handle -> TensorInfo (file order)
         self.buffer = entry.gguf.buffer  # (file_size,) uint8; keeps the mapping alive while held
@@ -189,6 +190,12 @@ class Tenant:
 
     `memory_span(caller)` is installed by the runtime; it returns the guest memory's base address
     and current length, queried afresh on every call (memory moves when it grows).
+
+    Ids are looked up in the tenant's own table (`held`) only, never in the store: a model held by
+    another tenant and a missing one fail identically (ERR_NO_MODEL) on the same code path. An
+    explicit id given to `realm_store_model` is a private alias in this table (the store only ever
+    knows the content-derived id), so a guest can neither squat an id the consumer or another
+    tenant will use nor probe the store's ids through ERR_ID_CONFLICT.
     """
 
     def __init__(self, store: ModelStore, holder: Any, *, name: str = "guest",
@@ -207,15 +214,30 @@ class Tenant:
     # -- references ----------------------------------------------------------------------------
 
     def acquire(self, model_id: int) -> None:
-        """Take a reference to a stored model for this tenant (raises StoreError)."""
-        entry = self.store.acquire(model_id, self.holder)
-        self.adopt(model_id, entry)
+        """Take a reference to a stored model for this tenant (raises StoreError).
 
-    def adopt(self, model_id: int, entry: StoredModel) -> None:
+        IdConflictError when the guest already uses `model_id` as an alias of other content.
+        """
+        with self._lock:
+            held = self.held.get(model_id)
+            if held is not None and held.store_id != model_id:
+                raise IdConflictError(f"{self.name} already uses id {model_id} for other content")
+        entry = self.store.acquire(model_id, self.holder)
+        try:
+            self.adopt(model_id, entry)
+        except BaseException:
+            self.store.release(model_id, self.holder)
+            raise
+
+    def adopt(self, model_id: int, entry: StoredModel, store_id: int | None = None) -> None:
+        """Record one store reference (already taken under `store_id`) under the guest-visible `model_id`."""
+        store_id = model_id if store_id is None else store_id
         with self._lock:
             held = self.held.get(model_id)
             if held is None:
-                held = self.held[model_id] = _Held(entry)
+                held = self.held[model_id] = _Held(entry, store_id)
+            elif held.entry is not entry:
+                raise IdConflictError(f"{self.name} already uses id {model_id} for other content")
             held.refs += 1
 
     def release(self, model_id: int) -> bool:
@@ -226,16 +248,19 @@ class Tenant:
             held.refs -= 1
             if held.refs <= 0:
                 del self.held[model_id]
-        self.store.release(model_id, self.holder)
+        self.store.release(held.store_id, self.holder)
         return True
 
     def release_all(self) -> None:
         with self._lock:
-            items = [(mid, h.refs) for mid, h in self.held.items()]
+            items = [(h.store_id, h.refs) for h in self.held.values()]
             self.held.clear()
-        for mid, refs in items:
+        for store_id, refs in items:
             for _ in range(refs):
-                self.store.release(mid, self.holder)
+                try:
+                    self.store.release(store_id, self.holder)
+                except NoModelError:  # the store was closed under us
+                    pass
 
     def functions(self) -> dict[str, Callable]:
         """name -> callable(caller, *args) for every import in HOST_FUNCTIONS."""
@@ -314,15 +339,21 @@ class Tenant:
             return int(Err.ERR_QUOTA)
         image = ctypes.string_at(base + ptr, length)  # the one copy out of guest memory
         try:
-            mid, entry = self.store.add_image(image, model_id or None, holder=self.holder)
+            # always under its content-derived id in the store; an explicit id is this tenant's alias
+            mid, entry = self.store.add_image(image, None, holder=self.holder)
         except BadModelError:
             return int(Err.ERR_BAD_GGUF)
-        except IdConflictError:
+        except IdConflictError:  # a 63-bit prefix collision with a consumer-chosen id
             return int(Err.ERR_ID_CONFLICT)
         except QuotaError:
             return int(Err.ERR_QUOTA)
-        self.adopt(mid, entry)
-        return mid
+        alias = model_id or mid
+        try:
+            self.adopt(alias, entry, store_id=mid)
+        except IdConflictError:
+            self.store.release(mid, self.holder)
+            return int(Err.ERR_ID_CONFLICT)
+        return alias
 
     def _realm_get_tensor(self, caller, model_id: int, name_ptr: int, name_len: int,
                           out_ptr: int, out_max: int) -> int:

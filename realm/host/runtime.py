@@ -33,6 +33,10 @@ log = logging.getLogger("realm.host")
 EPOCH_TICK = 0.01  # seconds between epoch increments
 NO_DEADLINE = 1 << 40  # ticks: ~350 years at 10 ms
 DEFAULT_BUDGET = 64 << 20
+# Seconds one guest call may run. A 64-token prefill chunk of the default model (Gemma 3 270M
+# Q4_K_M, 253 MB) takes ~3 s on a loaded 2-core machine, so 60 s leaves a ~20x margin; the wasm
+# engine scales it up for bigger models (`realm.engines.wasm.default_timeout`). None: no deadline.
+DEFAULT_TIMEOUT = 60.0
 WASM_PAGE = 65536
 MAX_TABLE_ELEMENTS = 1 << 16  # function tables; a hostile module cannot make the host allocate big ones
 _VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
@@ -185,14 +189,15 @@ class Guest:
     wasm : the guest (bytes, WAT text, path or a compiled `wasmtime.Module`); default: the shipped guest.
     model_store : the ModelStore the guest reads from (default: the process-wide one).
     memory_budget : cap on the guest's linear memory in bytes (`Store.set_limits`).
-    timeout : seconds one call may run before the epoch deadline stops it (None: no limit).
-    max_read_bytes, max_models : the tenant's quotas in the store.
+    timeout : seconds one call may run before the epoch deadline stops it (default DEFAULT_TIMEOUT,
+        None: no limit); a runaway call is stopped within `timeout + 2 * EPOCH_TICK` plus scheduling.
+    max_read_bytes, max_models : the tenant's quotas in the store (default None: unlimited).
 
     Use a Guest from one thread at a time; separate guests run in parallel threads.
     """
 
     def __init__(self, wasm=None, *, model_store: ModelStore | None = None,
-                 memory_budget: int = DEFAULT_BUDGET, timeout: float | None = None,
+                 memory_budget: int = DEFAULT_BUDGET, timeout: float | None = DEFAULT_TIMEOUT,
                  max_read_bytes: int | None = None, max_models: int | None = None, name: str | None = None):
         t0 = time.perf_counter()
         module = wasm if isinstance(wasm, wasmtime.Module) else load_module(
@@ -426,12 +431,12 @@ class Guest:
 def _trap_text(e: wasmtime.Trap, timeout: float | None) -> str:
     code = getattr(e, "trap_code", None)
     if code == wasmtime.TrapCode.INTERRUPT:
-        return f"stopped by the deadline after {timeout} s (runaway guest)"
+        return f"stopped by the deadline after {timeout} s (runaway guest; the per-call timeout can be raised)"
     if code == wasmtime.TrapCode.STACK_OVERFLOW:
         return "stack overflow (call stack exhausted)"
     first = str(e).splitlines()[0] if str(e) else repr(e)
     return f"{code.name.lower() if code is not None else 'trap'}: {first}"
 
 
-__all__ = ["Guest", "engine", "load_module", "module_cache_dir", "default_guest_path", "wasmtime_version",
+__all__ = ["Guest", "DEFAULT_BUDGET", "DEFAULT_TIMEOUT", "engine", "load_module", "module_cache_dir", "default_guest_path", "wasmtime_version",
            "EPOCH_TICK", "code_name"]

@@ -157,6 +157,9 @@ class ModelStore:
     def add_image(self, data: bytes, model_id: int | None = None, *, holder: Hashable) -> tuple[int, StoredModel]:
         """Store a GGUF image handed over by a guest (a private copy), referenced by `holder`.
 
+        The image is parsed even when its content is already stored (the same work, and so the
+        same timing class, whether or not another tenant holds it). It never revives a model the
+        consumer removed: the holder then shares the removed copy, freed with its last holder.
         Raises BadModelError (malformed or too large), IdConflictError, QuotaError.
         """
         if model_id is not None:
@@ -165,21 +168,28 @@ class ModelStore:
             raise QuotaError(f"GGUF image of {len(data)} bytes exceeds the store's limit {self.max_image_bytes}")
         data = bytes(data)
         digest = hashlib.sha256(data).digest()
+        try:
+            gguf = _open_gguf(data)
+        except (GGUFError, RealmError, ValueError) as e:
+            raise BadModelError(f"malformed GGUF image: {e}") from e
+        used = []
 
         def opener():
-            try:
-                return _open_gguf(data)
-            except (GGUFError, RealmError, ValueError) as e:
-                raise BadModelError(f"malformed GGUF image: {e}") from e
+            used.append(True)
+            return gguf
 
-        return self._insert(digest, opener, None, model_id, holder, pin=False)
+        try:
+            return self._insert(digest, opener, None, model_id, holder, pin=False, revive=False)
+        finally:
+            if not used:  # the content was already stored: this parse only validated it
+                gguf.close()
 
-    def _insert(self, digest, opener, path, model_id, holder, pin) -> tuple[int, StoredModel]:
+    def _insert(self, digest, opener, path, model_id, holder, pin, revive=True) -> tuple[int, StoredModel]:
         mid = model_id if model_id is not None else content_id(digest)
         with self._lock:
             entry = self._existing(digest, mid)
             if entry is not None:
-                return mid, self._adopt(entry, mid, holder, pin)
+                return mid, self._adopt(entry, mid, holder, pin, revive)
         gguf = opener()  # parse and map outside the lock
         try:
             entry = StoredModel(gguf=gguf, digest=digest, source=path, pinned=pin)
@@ -190,7 +200,7 @@ class ModelStore:
             existing = self._existing(digest, mid)  # another thread may have won the race
             if existing is not None:
                 gguf.close()
-                return mid, self._adopt(existing, mid, holder, pin)
+                return mid, self._adopt(existing, mid, holder, pin, revive)
             self._by_digest[digest] = entry
             try:
                 return mid, self._adopt(entry, mid, holder, pin)
@@ -207,15 +217,19 @@ class ModelStore:
             raise IdConflictError(f"model id {mid} is already used by different content")
         return self._by_digest.get(digest)
 
-    def _adopt(self, entry: StoredModel, mid: int, holder, pin: bool) -> StoredModel:
-        """Name `entry` `mid`, take `holder`'s reference; lock held."""
+    def _adopt(self, entry: StoredModel, mid: int, holder, pin: bool, revive: bool = True) -> StoredModel:
+        """Name `entry` `mid`, take `holder`'s reference; lock held.
+
+        `revive`: a consumer storing removed content again revives it; a guest's image does not.
+        """
         if holder is not None:
             self._take(entry, holder)
         entry.ids.add(mid)
         self._by_id[mid] = entry
         if pin:
             entry.pinned = True
-        entry.removed = False  # storing removed content again revives it
+        if revive:
+            entry.removed = False
         return entry
 
     # -- references --------------------------------------------------------------------------------
