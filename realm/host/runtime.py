@@ -434,8 +434,12 @@ def _trap_text(e: wasmtime.Trap, timeout: float | None) -> str:
         return f"stopped by the deadline after {timeout} s (runaway guest; the per-call timeout can be raised)"
     if code == wasmtime.TrapCode.STACK_OVERFLOW:
         return "stack overflow (call stack exhausted)"
-    first = str(e).splitlines()[0] if str(e) else repr(e)
-    return f"{code.name.lower() if code is not None else 'trap'}: {first}"
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # wasmtime's text is "error while executing at wasm backtrace: ... Caused by: ... wasm trap: <why>"
+    why = next((ln.split("wasm trap:", 1)[1].strip() for ln in reversed(lines) if "wasm trap:" in ln), None)
+    if why is None:
+        why = lines[-1] if lines else repr(e)
+    return f"{code.name.lower() if code is not None else 'trap'}: {why}"
 
 
 __all__ = ["Guest", "DEFAULT_BUDGET", "DEFAULT_TIMEOUT", "engine", "load_module", "module_cache_dir", "default_guest_path", "wasmtime_version",
