@@ -122,14 +122,6 @@ def main() -> None:
             logits = engine.eval(prompt)
             prefill.append(time.perf_counter() - t0)
             prefill_cpu.append(time.process_time() - c0)
-        engine.prefill_kernel = "matmul"  # the fused quantized kernel, for comparison with BLAS
-        matmul_s = []
-        for _ in range(2):
-            engine.reset()
-            t0 = time.perf_counter()
-            logits = engine.eval(prompt)
-            matmul_s.append(time.perf_counter() - t0)
-        engine.prefill_kernel = "auto"
         token = int(logits.argmax())
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.decode):
@@ -145,7 +137,6 @@ def main() -> None:
              first_eval_s=round(first_s, 3),
              prefill_tokens=args.prompt, prefill_tok_s=round(args.prompt / min(prefill), 1),
              prefill_cpu_s_per_token=round(min(prefill_cpu) / args.prompt, 5),
-             prefill_matmul_kernel_tok_s=round(args.prompt / min(matmul_s), 1),
              decode_tokens=args.decode, decode_tok_s=round(decode_tps, 2), decode_ms_per_token=round(step_ms, 2),
              decode_cpu_ms_per_token=round(decode_cpu_s / args.decode * 1e3, 2),
              load_average_1min=os.getloadavg()[0],

@@ -20,13 +20,11 @@ from realm.engines import DEFAULT_CTX
 from realm.errors import RealmError
 from realm.kernels import ops
 from realm.kernels.dequant import dequantize
-from realm.kernels.matvec import dequantize_rows, get_rows, matmul, matvec
+from realm.kernels.matvec import get_rows, matmul, matvec
 from realm.quants import GGMLType, require_supported
 
 Matrix = tuple[np.ndarray, GGMLType]  # (rows uint8 (rows, row_bytes) read-only view, type)
 _PARALLEL_ATTENTION_WORK = 1 << 20  # T * n_keys * n_heads * head_dim above which heads go parallel
-PREFILL_KERNELS = ("auto", "blas", "matmul")
-BLAS_MIN_TOKENS = 8  # "auto": prompts at least this long use BLAS (dequantizing a matrix costs ~8 matmul tokens)
 
 
 @dataclass
@@ -69,19 +67,8 @@ class NumbaEngine:
 
     name = "numba"
 
-    def __init__(self, gguf_file, config: ModelConfig, n_ctx: int = DEFAULT_CTX, threads: int | None = None,
-                 prefill_kernel: str = "auto"):
-        """`threads`: Numba threads used by this engine's kernels (set around each `eval`, then restored).
-
-        `prefill_kernel` multiplies prompts (T > 1) either by dequantizing one weight matrix at a time
-        into a reused f32 scratch and calling NumPy's BLAS ("blas": ~1.7x faster per core on the default
-        model; its threads are OpenBLAS's, set by OPENBLAS_NUM_THREADS), or with the fused quantized
-        `matmul` kernel ("matmul", no f32 scratch); "auto" picks BLAS for prompts of BLAS_MIN_TOKENS or
-        more. Both read each weight once per prompt; decode never dequantizes a matrix.
-        """
-        if prefill_kernel not in PREFILL_KERNELS:
-            raise RealmError(f"prefill_kernel must be one of {PREFILL_KERNELS}, got {prefill_kernel!r}")
-        self.prefill_kernel = prefill_kernel
+    def __init__(self, gguf_file, config: ModelConfig, n_ctx: int = DEFAULT_CTX, threads: int | None = None):
+        """`threads`: Numba threads used by this engine's kernels (set around each `eval`, then restored)."""
         if n_ctx <= 0:
             raise RealmError(f"n_ctx must be positive, got {n_ctx}")
         if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
@@ -129,10 +116,6 @@ class NumbaEngine:
         # Tied output is read twice per token (one embedding row, then all rows): count it once more.
         self.bytes_per_token = sum(m[0].nbytes for L in self.layers for m in (
             L.attn_q, L.attn_k, L.attn_v, L.attn_output, L.ffn_gate, L.ffn_up, L.ffn_down)) + self.output[0].nbytes
-        largest = max(w[0].shape[0] * cols for L in self.layers for w, cols in (
-            (L.attn_q, c.dim), (L.attn_k, c.dim), (L.attn_v, c.dim), (L.attn_output, c.q_dim),
-            (L.ffn_gate, c.dim), (L.ffn_up, c.dim), (L.ffn_down, c.hidden_dim)))
-        self._scratch = np.zeros(largest if prefill_kernel != "matmul" else 0, np.float32)  # one f32 weight matrix
         self.key_cache = np.zeros((c.n_layers, c.n_kv_heads, n_ctx, c.head_dim), np.float32)  # (L, n_kv, n_ctx, hd)
         self.value_cache = np.zeros_like(self.key_cache)  # (L, n_kv, n_ctx, hd)
         self.att = np.zeros((c.n_heads, n_ctx), np.float32)  # (n_heads, n_ctx) attention scratch
@@ -190,15 +173,11 @@ class NumbaEngine:
 
     # --- forward pass ---------------------------------------------------------------------------------
 
-    def _linear(self, w: Matrix, x: np.ndarray, out: np.ndarray) -> None:
-        """out (T, rows) = x (T, cols) @ w.T: matvec for one token; for a prompt, BLAS or matmul."""
+    @staticmethod
+    def _linear(w: Matrix, x: np.ndarray, out: np.ndarray) -> None:
+        """out (T, rows) = x (T, cols) @ w.T: matvec for one token, matmul (each weight read once) for a prompt."""
         if x.shape[0] == 1:
             matvec(w[0], w[1], x[0], out[0])
-        elif self.prefill_kernel == "blas" or (self.prefill_kernel == "auto" and x.shape[0] >= BLAS_MIN_TOKENS):
-            rows, cols = out.shape[1], x.shape[1]
-            dense = self._scratch[:rows * cols].reshape(rows, cols)  # (rows, cols) f32, reused
-            dequantize_rows(w[0], w[1], dense)
-            np.matmul(x, dense.T, out=out)
         else:
             matmul(w[0], w[1], x, out)
 
