@@ -1,7 +1,9 @@
 """Hostile guests: hand-written WAT modules attacking the host functions and the runtime limits.
 
 Every attack must end in an ABI error code or a GuestError, and afterwards the store and a fresh
-guest must still work (the `healthy` check at the end of each test).
+guest must still work: the `healthy` check at the end of each test reads exact bytes through a
+fresh proxy and runs a normal generation with the real guest on the attacked store, whose logits
+must equal those of a store no hostile guest touched.
 """
 
 from __future__ import annotations
@@ -52,8 +54,33 @@ def store(model_path):
     st.close()
 
 
+_expected_logits: dict[Path, np.ndarray] = {}
+PROMPT = [1, 17, 42, 99]
+
+
+def generation(st: ModelStore, path: Path) -> np.ndarray:
+    """Logits after a short prompt from the real guest (a WasmEngine) reading through `st`."""
+    from realm.config import ModelConfig
+    from realm.engines.wasm import WasmEngine
+    from realm.gguf import GGUFFile
+
+    with GGUFFile(path) as f:
+        eng = WasmEngine(f, ModelConfig.from_gguf(f), n_ctx=16, store=st)
+        try:
+            logits = eng.eval(PROMPT)
+            return np.concatenate([logits, eng.eval([int(logits.argmax())])])
+        finally:
+            eng.close()
+
+
 def healthy(st: ModelStore, path: Path) -> None:
-    """The store still serves exact bytes to a fresh guest."""
+    """The store still serves exact bytes to a fresh guest, and a normal generation is unchanged."""
+    if runtime.default_guest_path().exists():
+        if path not in _expected_logits:
+            fresh = ModelStore()
+            _expected_logits[path] = generation(fresh, path)  # never touched by a hostile guest
+            fresh.close()
+        np.testing.assert_array_equal(generation(st, path), _expected_logits[path])
     g = Guest(PROXY, model_store=st)
     g.acquire(st.model_id)
     name = b"blk.0.attn_k.weight"
