@@ -194,9 +194,6 @@ class NumbaEngine:
         v3 = B.v.reshape(T, c.n_kv_heads, c.head_dim)
         heads3 = B.heads.reshape(T, c.n_heads, c.head_dim)
         hb, hb2 = B.hb.reshape(-1), B.hb2.reshape(-1)  # (T * hidden_dim,)
-        # Heads over threads only when the attention work outweighs a parallel launch.
-        work = T * (pos0 + T) * c.n_heads * c.head_dim
-        attention = ops.attention_parallel if self.threads > 1 and work >= _PARALLEL_ATTENTION_WORK else ops.attention
         eps = c.norm_eps
         ops.rmsnorm(B.x, self.layers[0].attn_norm, eps, B.xb)
         for il, L in enumerate(self.layers):
@@ -206,7 +203,11 @@ class NumbaEngine:
             kc, vc = self.key_cache[il], self.value_cache[il]  # (n_kv, n_ctx, hd)
             ops.qk_rope_store(q3, k3, v3, L.attn_q_norm, L.attn_k_norm, c.qk_norm, eps,
                               cos[L.rope_slot], sin[L.rope_slot], c.rope_style, kc, vc, pos0)
-            attention(q3, kc, vc, pos0, c.attn_scale, L.window, self.att, heads3)
+            # Heads over threads only when the attention work outweighs a parallel launch.
+            n_keys = min(pos0 + T, L.window + T) if L.window else pos0 + T
+            parallel = self.threads > 1 and T * n_keys * c.n_heads * c.head_dim >= _PARALLEL_ATTENTION_WORK
+            (ops.attention_parallel if parallel else ops.attention)(
+                q3, kc, vc, pos0, c.attn_scale, L.window, self.att, heads3)
             self._linear(L.attn_output, B.heads, B.out)
             ops.residual_norm(B.x, B.out, L.post_attention_norm, c.post_norms, L.ffn_norm, eps, B.xb)
             self._linear(L.ffn_gate, B.xb, B.hb)
