@@ -42,6 +42,11 @@ _U63 = np.uint8(63)
 _F0 = np.float32(0)
 _F4 = np.float32(4)
 _F16_0 = np.float32(16)
+# Q5 high bits as floats: _HB16[byte, i] = 16.0 * bit i of byte (256, 8); one table row covers 8
+# elements, so the 5th bit costs a vector load and add instead of 64-bit lane compares (1.7 ->
+# 3.8 GB/s for Q5_0 on one thread).
+_HB16 = (((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1) * 16).astype(np.float32)
+
 _ROW_CHUNK = 64  # rows per prange task (a multiple of 4)
 # `matvec` runs smaller matrices on the calling thread: a parallel launch costs ~5-10 us, and on
 # a busy machine a descheduled worker stalls the whole call for a time slice (measured 4-12 ms).
@@ -212,39 +217,53 @@ def _dq_row_q4_1(row, tbl, dst):
 
 @jit
 def _dq_row_q5_0(row, tbl, dst):
-    """Q5_0 block (22 B): d f16 | qh u32 | qs[16]; bit j of qh is bit 4 of element j; y = d * (q - 16)."""
-    n16 = _trip(16, dst.shape[0], 32)
+    """Q5_0 block (22 B): d f16 | qh u32 | qs[16]; bit j of qh is bit 4 of element j; y = d * (q - 16).
+
+    Lane j (0..7) writes elements j, j+8 (low nibbles of qs[j], qs[8+j]) and j+16, j+24 (high
+    nibbles), their 5th bits from qh bytes 0..3 via the _HB16 table (all values exact in f32).
+    """
+    n8 = _trip(8, dst.shape[0], 32)
+    hb = _HB16
     for b in range(dst.shape[0] // 32):
         o = b * 22
         d = _f16(tbl, row, o)
-        qh = _u32(row, o + 2)
+        h0 = hb[row[o + 2]]
+        h1 = hb[row[o + 3]]
+        h2 = hb[row[o + 4]]
+        h3 = hb[row[o + 5]]
         qs = row[o + 6:o + 22]
         y = dst[b * 32:b * 32 + 32]
-        for j in range(n16):
-            q = np.int32(qs[j])
-            h0 = ((qh >> j) & 1) << 4
-            h1 = ((qh >> (j + 16)) & 1) << 4
-            y[j] = d * np.float32(((q & 15) | h0) - 16)
-            y[j + 16] = d * np.float32(((q >> 4) | h1) - 16)
+        for j in range(n8):
+            u = qs[j]
+            v = qs[8 + j]
+            y[j] = d * (np.float32(np.int32(u & _U15)) + h0[j] - _F16_0)
+            y[j + 8] = d * (np.float32(np.int32(v & _U15)) + h1[j] - _F16_0)
+            y[j + 16] = d * (np.float32(np.int32(u >> _U4)) + h2[j] - _F16_0)
+            y[j + 24] = d * (np.float32(np.int32(v >> _U4)) + h3[j] - _F16_0)
 
 
 @jit
 def _dq_row_q5_1(row, tbl, dst):
-    """Q5_1 block (24 B): d f16 | m f16 | qh u32 | qs[16]; y = d * q + m."""
-    n16 = _trip(16, dst.shape[0], 32)
+    """Q5_1 block (24 B): d f16 | m f16 | qh u32 | qs[16]; y = d * q + m (order: `_dq_row_q5_0`)."""
+    n8 = _trip(8, dst.shape[0], 32)
+    hb = _HB16
     for b in range(dst.shape[0] // 32):
         o = b * 24
         d = _f16(tbl, row, o)
         m = _f16(tbl, row, o + 2)
-        qh = _u32(row, o + 4)
+        h0 = hb[row[o + 4]]
+        h1 = hb[row[o + 5]]
+        h2 = hb[row[o + 6]]
+        h3 = hb[row[o + 7]]
         qs = row[o + 8:o + 24]
         y = dst[b * 32:b * 32 + 32]
-        for j in range(n16):
-            q = np.int32(qs[j])
-            h0 = ((qh >> j) & 1) << 4
-            h1 = ((qh >> (j + 16)) & 1) << 4
-            y[j] = d * np.float32((q & 15) | h0) + m
-            y[j + 16] = d * np.float32((q >> 4) | h1) + m
+        for j in range(n8):
+            u = qs[j]
+            v = qs[8 + j]
+            y[j] = d * (np.float32(np.int32(u & _U15)) + h0[j]) + m
+            y[j + 8] = d * (np.float32(np.int32(v & _U15)) + h1[j]) + m
+            y[j + 16] = d * (np.float32(np.int32(u >> _U4)) + h2[j]) + m
+            y[j + 24] = d * (np.float32(np.int32(v >> _U4)) + h3[j]) + m
 
 
 @jit
@@ -500,6 +519,35 @@ def _dot4(a0, a1, a2, a3, x):
 
 
 @jit(fastmath=_FAST)
+def _dot4x2(a0, a1, a2, a3, x, y):
+    """(a0·x, a0·y, a1·x, a1·y, a2·x, a2·y, a3·x, a3·y): 8 FMAs per 6 loads (matmul micro-kernel)."""
+    s00 = np.float32(0)
+    s01 = np.float32(0)
+    s10 = np.float32(0)
+    s11 = np.float32(0)
+    s20 = np.float32(0)
+    s21 = np.float32(0)
+    s30 = np.float32(0)
+    s31 = np.float32(0)
+    for i in range(x.shape[0]):
+        xi = x[i]
+        yi = y[i]
+        w = a0[i]
+        s00 += w * xi
+        s01 += w * yi
+        w = a1[i]
+        s10 += w * xi
+        s11 += w * yi
+        w = a2[i]
+        s20 += w * xi
+        s21 += w * yi
+        w = a3[i]
+        s30 += w * xi
+        s31 += w * yi
+    return s00, s01, s10, s11, s20, s21, s30, s31
+
+
+@jit(fastmath=_FAST)
 def _dot1(a, x):
     """a·x for float32 vectors."""
     s = np.float32(0)
@@ -601,10 +649,6 @@ def _matvec_rows_q8_0(w, tbl, x, out, lo, hi):
         r += 1
 
 
-# Q5 high bits as floats: _HB16[byte, i] = 16.0 * bit i of byte (256, 8); one table row covers 8
-# elements, so the 5th bit costs a vector load and add instead of 64-bit lane compares (1.7 ->
-# 3.8 GB/s for Q5_0 on one thread).
-_HB16 = (((np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1) * 16).astype(np.float32)
 
 
 @jit(fastmath=_FAST)
@@ -1082,20 +1126,37 @@ def _matmul_generic(kind, w, tbl, x, out):
         hi = min(rows, lo + _TILE_ROWS)
         for k in range(hi - lo):
             _dequantize_row(kind, w[lo + k], tbl, tile[k])
+        n_full = (hi - lo) // 4 * 4
+        t = 0
+        while t + 2 <= n_tok:  # two tokens x four rows per micro-tile
+            xt = x[t]
+            yt = x[t + 1]
+            ot = out[t]
+            pt = out[t + 1]
+            for k in range(0, n_full, 4):
+                s00, s01, s10, s11, s20, s21, s30, s31 = _dot4x2(
+                    tile[k], tile[k + 1], tile[k + 2], tile[k + 3], xt, yt)
+                ot[lo + k] = s00
+                pt[lo + k] = s01
+                ot[lo + k + 1] = s10
+                pt[lo + k + 1] = s11
+                ot[lo + k + 2] = s20
+                pt[lo + k + 2] = s21
+                ot[lo + k + 3] = s30
+                pt[lo + k + 3] = s31
+            t += 2
         for t in range(n_tok):
             xt = x[t]
             ot = out[t]
-            k = 0
-            while k + 4 <= hi - lo:
-                s0, s1, s2, s3 = _dot4(tile[k], tile[k + 1], tile[k + 2], tile[k + 3], xt)
-                ot[lo + k] = s0
-                ot[lo + k + 1] = s1
-                ot[lo + k + 2] = s2
-                ot[lo + k + 3] = s3
-                k += 4
-            while k < hi - lo:
+            if t == n_tok - 1 and n_tok % 2 == 1:
+                for k in range(0, n_full, 4):
+                    s0, s1, s2, s3 = _dot4(tile[k], tile[k + 1], tile[k + 2], tile[k + 3], xt)
+                    ot[lo + k] = s0
+                    ot[lo + k + 1] = s1
+                    ot[lo + k + 2] = s2
+                    ot[lo + k + 3] = s3
+            for k in range(n_full, hi - lo):
                 ot[lo + k] = _dot1(tile[k], xt)
-                k += 1
 
 
 @pjit
