@@ -139,6 +139,7 @@ def main() -> None:
              prefill_cpu_s_per_token=round(min(prefill_cpu) / args.prompt, 5),
              decode_tokens=args.decode, decode_tok_s=round(decode_tps, 2), decode_ms_per_token=round(step_ms, 2),
              decode_cpu_ms_per_token=round(decode_cpu_s / args.decode * 1e3, 2),
+             decode_tok_per_cpu_s=round(args.decode / decode_cpu_s, 2),
              load_average_1min=os.getloadavg()[0],
              weight_bytes_per_token=bytes_per_token,
              decode_GBps=round(bytes_per_token * decode_tps / 1e9, 2),

@@ -130,6 +130,21 @@ def test_synthetic_model(synth_dir, arch, qtype):
         assert_greedy_equal(ref, eng, PROMPT, N_GREEDY_SYNTH, tol, f"{arch}/{qtype.name}")
 
 
+def test_parallel_attention_path(synth_dir, monkeypatch):
+    """Heads spread over threads (normally only for long contexts) give the reference's logits too."""
+    import realm.engines.numba as numba_engine
+
+    monkeypatch.setattr(numba_engine, "_PARALLEL_ATTENTION_WORK", 0)
+    path = make_model(synth_dir / "parallel.gguf", arch="gemma3", qtype=GGMLType.Q8_0, seed=7)
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        expect = ReferenceEngine(f, config, n_ctx=64).eval(PROMPT, all_logits=True)
+        eng = NumbaEngine(f, config, n_ctx=64, threads=min(2, numba.config.NUMBA_NUM_THREADS))
+        steps = [eng.eval(PROMPT[:N_PREFILL], all_logits=True)]
+        steps += [eng.eval([t], all_logits=True) for t in PROMPT[N_PREFILL:]]
+        assert_logits_close(expect, np.concatenate(steps), TOLERANCE[GGMLType.Q8_0], "parallel attention")
+
+
 def test_sliding_window_matters(synth_dir):
     """The test models really exercise the window: a huge window changes the late logits."""
     import dataclasses
