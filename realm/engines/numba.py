@@ -17,6 +17,7 @@ import numpy as np
 
 from realm.config import ModelConfig
 from realm.engines import DEFAULT_CTX
+from realm.engines.reference import check_ids
 from realm.errors import RealmError
 from realm.kernels import ops
 from realm.kernels.dequant import dequantize
@@ -43,7 +44,7 @@ class Layer:
     ffn_down: Matrix  # (dim, hidden_dim)
     post_ffw_norm: np.ndarray  # (dim,)
     window: int  # sliding window of this layer, 0 = global
-    rope_slot: int  # index into the per-eval cos/sin tables: 0 global, 1 sliding
+    rope_slot: int  # index into the engine's RoPE tables: 0 global, 1 sliding
 
 
 class Buffers:
@@ -113,7 +114,7 @@ class NumbaEngine:
                 post_ffw_norm=vec(b + "post_ffw_norm.weight") if c.post_norms else ones_dim,
                 window=c.sliding_window if sliding else 0, rope_slot=1 if sliding else 0,
             ))
-        # Tied output is read twice per token (one embedding row, then all rows): count it once more.
+        # Weight bytes one decode step reads: every layer matrix and the output matrix (+ one embedding row).
         self.bytes_per_token = sum(m[0].nbytes for L in self.layers for m in (
             L.attn_q, L.attn_k, L.attn_v, L.attn_output, L.ffn_gate, L.ffn_up, L.ffn_down)) + self.output[0].nbytes
         self.key_cache = np.zeros((c.n_layers, c.n_kv_heads, n_ctx, c.head_dim), np.float32)  # (L, n_kv, n_ctx, hd)
@@ -147,15 +148,8 @@ class NumbaEngine:
 
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Append `ids` to the cache; logits (vocab,) of the last position, or (T, vocab) of every one."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)  # (T,)
+        ids = check_ids(ids, self.config.vocab_size, self.n_past, self.n_ctx)  # (T,) int64
         T = ids.size
-        if T == 0:
-            raise RealmError("eval needs at least one token id")
-        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
-        if bad.size:
-            raise RealmError(f"token id {int(bad[0])} is out of range [0, {self.config.vocab_size})")
-        if self.n_past + T > self.n_ctx:
-            raise RealmError(f"context overflow: {self.n_past} cached + {T} new tokens > n_ctx {self.n_ctx}")
         start = time.perf_counter()
         B = self._decode if T == 1 else Buffers(self.config, T)
         B.ids[:] = ids

@@ -1,8 +1,8 @@
 """The NumPy f32 reference forward pass: slow, short and obviously correct — the spec the other engines match.
 
 Every weight is dequantized once to f32 with `realm.quants.dequantize_ref`; the forward pass follows the
-facts in docs (RMSNorm, RoPE NORM/NEOX, GQA attention with sliding window, gated FFN, tied output).
-Architecture differences come only from `ModelConfig` fields.
+shared forward-pass facts (RMSNorm, RoPE NORM/NEOX, GQA attention with sliding window, gated FFN, tied
+output; see realm/config.py). Architecture differences come only from `ModelConfig` fields.
 """
 
 from __future__ import annotations
@@ -17,6 +17,22 @@ from realm.config import ACT_GELU_TANH, ROPE_NEOX, ModelConfig
 from realm.engines import DEFAULT_CTX
 from realm.errors import RealmError
 from realm.quants import dequantize_ref, require_supported
+
+
+def check_ids(ids, vocab_size: int, n_past: int, n_ctx: int) -> np.ndarray:
+    """Token ids as int64 (T,), or RealmError: empty, not integers, out of range, or overflowing n_ctx."""
+    arr = np.asarray(ids)
+    if arr.size == 0:
+        raise RealmError("eval needs at least one token id")
+    if arr.dtype.kind not in "iu":
+        raise RealmError(f"token ids must be integers, got {arr.dtype}")
+    arr = arr.astype(np.int64).reshape(-1)  # (T,)
+    bad = arr[(arr < 0) | (arr >= vocab_size)]
+    if bad.size:
+        raise RealmError(f"token id {int(bad[0])} is out of range [0, {vocab_size})")
+    if n_past + arr.size > n_ctx:
+        raise RealmError(f"context overflow: {n_past} cached + {arr.size} new tokens > n_ctx {n_ctx}")
+    return arr
 
 
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -79,20 +95,9 @@ class ReferenceEngine:
         return {"engine": self.name, "n_past": self.n_past, "n_ctx": self.n_ctx,
                 "weight_bytes": self.weight_bytes, **self._stats}
 
-    def _check(self, ids) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)  # (T,)
-        if ids.size == 0:
-            raise RealmError("eval needs at least one token id")
-        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
-        if bad.size:
-            raise RealmError(f"token id {int(bad[0])} is out of range [0, {self.config.vocab_size})")
-        if self.n_past + ids.size > self.n_ctx:
-            raise RealmError(f"context overflow: {self.n_past} cached + {ids.size} new tokens > n_ctx {self.n_ctx}")
-        return ids
-
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Append `ids` to the cache; logits (vocab,) of the last position, or (T, vocab) of every one."""
-        ids = self._check(ids)
+        ids = check_ids(ids, self.config.vocab_size, self.n_past, self.n_ctx)  # (T,)
         start = time.perf_counter()
         logits = self._forward(ids)  # (T, vocab)
         kind = "prefill" if ids.size > 1 else "decode"

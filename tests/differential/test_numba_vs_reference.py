@@ -172,6 +172,8 @@ def test_errors_and_stats(synth_dir, engine_cls):
             eng.eval([-1])
         with pytest.raises(RealmError, match="at least one"):
             eng.eval([])
+        with pytest.raises(RealmError, match="integers"):
+            eng.eval([1.5])
         assert eng.n_past == 0
         eng.eval([1, 2, 3, 4, 5, 6])
         eng.eval([7])
