@@ -17,6 +17,7 @@ trap (deadline, out-of-bounds access, stack overflow, memory bomb) on the same s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -122,17 +123,22 @@ def main(argv=None) -> int:
     n_ctx = max(len(p) for p in prompts) + args.steps + 1
 
     from realm.engines.wasm import WasmEngine
+    from realm.host.runtime import default_guest_path, load_module
 
+    # one compiled module for the references and every guest, even if the .wasm is rebuilt meanwhile
+    guest_bytes = default_guest_path().read_bytes()
+    module = load_module(guest_bytes)
+    guest_sha = hashlib.sha256(guest_bytes).hexdigest()[:16]
     f = GGUFFile(path)
     config = ModelConfig.from_gguf(f)
     expect = []
     for prompt in prompts:
-        solo = WasmEngine(f, config, n_ctx=n_ctx, store=ModelStore())
+        solo = WasmEngine(f, config, n_ctx=n_ctx, store=ModelStore(), wasm=module)
         expect.append(greedy(solo, prompt, args.steps))
         solo.close()
     store = ModelStore()
     shared = store.add(path)
-    engines = [WasmEngine(f, config, n_ctx=n_ctx, store=store) for _ in range(args.guests)]
+    engines = [WasmEngine(f, config, n_ctx=n_ctx, store=store, wasm=module) for _ in range(args.guests)]
     c = Counters()
     stop = threading.Event()
     copies_seen: set[int] = set()
@@ -148,6 +154,12 @@ def main(argv=None) -> int:
                 c.error(f"guest {i}", e)
                 return
             same = tokens == expect[k][0] and np.array_equal(logits, expect[k][1])
+            if not same:
+                with c.lock:
+                    if len(c.messages) < 10:
+                        diff = float(np.abs(logits - expect[k][1]).max())
+                        c.messages.append(f"guest {i} prompt {k}: tokens {tokens} vs {expect[k][0]}, "
+                                          f"max |logit diff| {diff:.3g}")
             c.add(calls=1 + args.steps, tokens=len(prompts[k]) + args.steps, generations=1,
                   mismatches=0 if same else 1)
 
@@ -220,7 +232,7 @@ def main(argv=None) -> int:
                     store_copies_seen=sorted(copies_seen), n_copies=st["n_copies"],
                     rss_mb=round(rss, 1), rss_growth_mb=round(rss - rss0, 1),
                     cpu_s=round(time.process_time() - cpu0, 1), load=round(os.getloadavg()[0], 2),
-                    guests=args.guests, model=str(path.name))
+                    guests=args.guests, model=str(path.name), guest_sha256=guest_sha)
 
     warm = min(args.interval, args.duration / 4)
     time.sleep(warm)

@@ -14,7 +14,7 @@ import pytest
 
 from realm.config import ModelConfig
 from realm.gguf import GGUFFile
-from realm.host.runtime import default_guest_path
+from realm.host.runtime import default_guest_path, load_module
 from realm.quants import GGMLType
 
 pytest.importorskip("gguf")
@@ -26,6 +26,7 @@ from realm.host.store import ModelStore  # noqa: E402
 from synth import kquant_dims, make_model  # noqa: E402
 
 N_GUESTS = 8
+GUEST = load_module(default_guest_path().read_bytes())  # one compiled guest even if the .wasm is rebuilt meanwhile
 BUDGET = 64 << 20
 PROMPTS = [[1, 5, 9, 100, 200, 7], [1, 42, 43, 44], [1, 250, 3, 3, 3, 3, 3, 8]]
 N_STEPS = 6
@@ -44,7 +45,7 @@ def run(engine, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
 
 
 def run_tenants(gguf_file, config, store: ModelStore, prompts, n_steps: int, n_ctx: int = 64):
-    engines = [WasmEngine(gguf_file, config, n_ctx=n_ctx, memory_budget=BUDGET, store=store, timeout=600)
+    engines = [WasmEngine(gguf_file, config, wasm=GUEST, n_ctx=n_ctx, memory_budget=BUDGET, store=store, timeout=600)
                for _ in range(len(prompts))]
     results: list = [None] * len(prompts)
     errors: list = []
@@ -77,7 +78,7 @@ def test_eight_guests_share_one_copy(synth_model):
         config = ModelConfig.from_gguf(f)
         expect = {}
         for k, prompt in enumerate(PROMPTS):
-            single = WasmEngine(f, config, n_ctx=64, memory_budget=BUDGET, store=ModelStore())
+            single = WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=BUDGET, store=ModelStore())
             expect[k] = run(single, prompt, N_STEPS)
             single.close()
 
@@ -110,8 +111,8 @@ def test_a_closed_tenant_does_not_disturb_the_others(synth_model):
     store = ModelStore()
     with GGUFFile(synth_model) as f:
         config = ModelConfig.from_gguf(f)
-        a = WasmEngine(f, config, n_ctx=32, store=store)
-        b = WasmEngine(f, config, n_ctx=32, store=store)
+        a = WasmEngine(f, config, wasm=GUEST, n_ctx=32, store=store)
+        b = WasmEngine(f, config, wasm=GUEST, n_ctx=32, store=store)
         expect = run(b, PROMPTS[0], 3)
         a.eval(PROMPTS[1])
         a.close()
@@ -133,7 +134,7 @@ def test_default_model_tenants(default_model):
         config = ModelConfig.from_gguf(f)
         encode = Tokenizer.from_gguf(f).encode
         prompts = [encode("What is the capital of France?"), encode("The quick brown fox")] * 2
-        single = WasmEngine(f, config, n_ctx=64, memory_budget=BUDGET, store=store)
+        single = WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=BUDGET, store=store)
         expect = [run(single, p, 2) for p in prompts[:2]]
         single.close()
         engines, results, errors = run_tenants(f, config, store, prompts, 2)
@@ -158,9 +159,9 @@ def test_budget_too_small_for_the_context_is_a_clear_error(synth_model):
         config = ModelConfig.from_gguf(f)
         store = ModelStore()
         with pytest.raises(GuestError, match="--memory-budget"):
-            WasmEngine(f, config, n_ctx=100_000, memory_budget=2 << 20, store=store)
+            WasmEngine(f, config, wasm=GUEST, n_ctx=100_000, memory_budget=2 << 20, store=store)
         assert store.stats()["n_copies"] == 0  # the failed guest let its reference go
-        eng = WasmEngine(f, config, n_ctx=32, memory_budget=4 << 20, store=store)  # a short context fits
+        eng = WasmEngine(f, config, wasm=GUEST, n_ctx=32, memory_budget=4 << 20, store=store)  # a short context fits
         assert eng.eval(PROMPTS[0]).shape == (config.vocab_size,)
         assert eng.guest.memory_size <= 4 << 20
         with pytest.raises(GuestError, match="context"):

@@ -8,6 +8,7 @@ must equal those of a store no hostile guest touched.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -54,6 +55,13 @@ def store(model_path):
     st.close()
 
 
+@functools.cache
+def guest_module():
+    """The shipped guest, compiled once here: references and tenants run the same code even if the
+    .wasm is rebuilt while the tests run."""
+    return runtime.load_module(runtime.default_guest_path().read_bytes())
+
+
 _expected_logits: dict[Path, np.ndarray] = {}
 PROMPT = [1, 17, 42, 99]
 
@@ -65,7 +73,7 @@ def generation(st: ModelStore, path: Path) -> np.ndarray:
     from realm.gguf import GGUFFile
 
     with GGUFFile(path) as f:
-        eng = WasmEngine(f, ModelConfig.from_gguf(f), n_ctx=16, store=st)
+        eng = WasmEngine(f, ModelConfig.from_gguf(f), n_ctx=16, store=st, wasm=guest_module())
         try:
             logits = eng.eval(PROMPT)
             return np.concatenate([logits, eng.eval([int(logits.argmax())])])

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from pathlib import Path
@@ -26,7 +27,7 @@ from realm.errors import GuestError, StoreError  # noqa: E402
 from realm.gguf import GGUFFile  # noqa: E402
 from realm.host import abi  # noqa: E402
 from realm.host.abi import Err  # noqa: E402
-from realm.host.runtime import Guest, default_guest_path  # noqa: E402
+from realm.host.runtime import Guest, default_guest_path, load_module  # noqa: E402
 from realm.host.store import MAX_ID, ModelStore, content_id  # noqa: E402
 from realm.quants import GGMLType  # noqa: E402
 
@@ -34,6 +35,13 @@ PROXY = (Path(__file__).resolve().parent / "wat" / "proxy.wat").read_text()
 NAME_AT, OUT_AT, BIG_AT = 0x100, 0x1000, 0x10000
 PROMPTS = [[1, 5, 9, 100, 200, 7], [1, 42, 43, 44], [1, 250, 3, 3, 3, 3, 3, 8]]
 N_STEPS = 6
+
+
+@functools.cache
+def guest_module():
+    """The shipped guest, compiled once here: references and tenants run the same code even if the
+    .wasm is rebuilt while the tests run."""
+    return load_module(default_guest_path().read_bytes())
 
 needs_guest = pytest.mark.skipif(not default_guest_path().exists(), reason="the guest is not built")
 
@@ -227,7 +235,7 @@ def solo(models):
     with GGUFFile(models["shared"]) as f:
         config = ModelConfig.from_gguf(f)
         for k, prompt in enumerate(PROMPTS):
-            eng = WasmEngine(f, config, n_ctx=128, store=ModelStore())
+            eng = WasmEngine(f, config, wasm=guest_module(), n_ctx=128, store=ModelStore())
             out[k] = greedy(eng, prompt, N_STEPS)
             eng.close()
     return out
@@ -241,8 +249,8 @@ def test_removing_a_model_does_not_disturb_another_tenant(models, solo):
     mid = st.add(models["shared"])
     with GGUFFile(models["shared"]) as f:
         config = ModelConfig.from_gguf(f)
-        a = WasmEngine(f, config, n_ctx=128, store=st)
-        b = WasmEngine(f, config, n_ctx=128, store=st)
+        a = WasmEngine(f, config, wasm=guest_module(), n_ctx=128, store=st)
+        b = WasmEngine(f, config, wasm=guest_module(), n_ctx=128, store=st)
         other = Proxy(st, mid)
         logits = b.eval(PROMPTS[0])
         got_tokens, got_logits = [], []
@@ -275,8 +283,9 @@ def test_a_trap_in_one_guest_leaves_the_others_unchanged(models, solo):
     f = GGUFFile(models["shared"])
     config = ModelConfig.from_gguf(f)
     n_normal = 4
-    normal = [WasmEngine(f, config, n_ctx=128, store=st) for _ in range(n_normal)]
-    victim = WasmEngine(f, config, n_ctx=256, store=st)  # the real guest, trapped by its deadline mid-eval
+    normal = [WasmEngine(f, config, wasm=guest_module(), n_ctx=128, store=st) for _ in range(n_normal)]
+    # the real guest, trapped by its deadline mid-eval
+    victim = WasmEngine(f, config, wasm=guest_module(), n_ctx=256, store=st)
     results: list = [None] * n_normal
     hostile_errors: list[str] = []
     failures: list = []

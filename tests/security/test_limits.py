@@ -309,5 +309,6 @@ def test_runtime_limits_are_per_store_not_global(store):
     spin = Guest(SPIN, model_store=store, timeout=0.05)
     with pytest.raises(GuestError):
         spin.call("spin")
-    assert Guest(SPIN, model_store=store, timeout=5).call("work", 1000) == Guest(SPIN, model_store=store).call("work", 1000)
+    fresh = Guest(SPIN, model_store=store, timeout=5)
+    assert fresh.call("work", 1000) == Guest(SPIN, model_store=store).call("work", 1000)
     assert runtime.engine() is runtime.engine()  # one engine, still ticking

@@ -8,6 +8,7 @@ is `benchmarks/soak.py`.
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from synth import kquant_dims, make_model  # noqa: E402
 from realm.config import ModelConfig  # noqa: E402
 from realm.gguf import GGUFFile  # noqa: E402
 from realm.host.abi import Err  # noqa: E402
-from realm.host.runtime import Guest, default_guest_path  # noqa: E402
+from realm.host.runtime import Guest, default_guest_path, load_module  # noqa: E402
 from realm.host.store import ModelStore  # noqa: E402
 from realm.quants import GGMLType  # noqa: E402
 
@@ -37,6 +38,13 @@ PROMPTS = [[1, 5, 9, 100, 200, 7], [1, 42, 43, 44], [1, 250, 3, 3, 3, 3, 3, 8], 
 N_STEPS = 16
 ROUNDS = 3
 BIG_AT = 0x10000
+
+@functools.cache
+def guest_module():
+    """The shipped guest, compiled once here: references and tenants run the same code even if the
+    .wasm is rebuilt while the tests run."""
+    return load_module(default_guest_path().read_bytes())
+
 
 
 def greedy(engine, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
@@ -103,12 +111,13 @@ def run_load(path: Path, prompts: list[list[int]], n_steps: int, rounds: int, ch
         config = ModelConfig.from_gguf(f)
         expect = {}
         for k, prompt in enumerate(prompts):
-            solo = WasmEngine(f, config, n_ctx=n_ctx, memory_budget=BUDGET, store=ModelStore())
+            solo = WasmEngine(f, config, wasm=guest_module(), n_ctx=n_ctx, memory_budget=BUDGET, store=ModelStore())
             expect[k] = greedy(solo, prompt, n_steps)
             solo.close()
         st = ModelStore()
         mid = st.add(path)
-        engines = [WasmEngine(f, config, n_ctx=n_ctx, memory_budget=BUDGET, store=st) for _ in range(N_GUESTS)]
+        engines = [WasmEngine(f, config, wasm=guest_module(), n_ctx=n_ctx, memory_budget=BUDGET, store=st)
+                   for _ in range(N_GUESTS)]
         results: list[list] = [[] for _ in range(N_GUESTS)]
         errors: list[BaseException] = []
         start = threading.Barrier(N_GUESTS + 1)
