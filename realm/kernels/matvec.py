@@ -1161,8 +1161,15 @@ def _matmul_generic(kind, w, tbl, x, out):
 
 @pjit
 def _get_rows(kind, w, tbl, ids, out):
-    """out (n, cols) = dequant(w[ids]) for ids (n,) int64 (validated)."""
+    """out (n, cols) = dequant(w[ids]) for ids (n,) int64 (validated), parallel over ids."""
     for i in prange(ids.shape[0]):
+        _dequantize_row(kind, w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_serial(kind, w, tbl, ids, out):
+    """Like `_get_rows` on the calling thread (a decode step looks up one row)."""
+    for i in range(ids.shape[0]):
         _dequantize_row(kind, w[ids[i]], tbl, out[i])
 
 
@@ -1296,8 +1303,10 @@ def get_rows(w_rows: np.ndarray, ggml_type: GGMLType, ids, out: np.ndarray) -> n
     if ids.size and (ids.min() < 0 or ids.max() >= w_rows.shape[0]):
         bad = ids[(ids < 0) | (ids >= w_rows.shape[0])][0]
         raise KernelArgumentError(f"row id {bad} out of range [0, {w_rows.shape[0]})")
-    if ids.size:
+    if out.nbytes >= PARALLEL_MIN_BYTES:
         _get_rows(kind, w_rows, F16_TABLE, ids, out)
+    elif ids.size:
+        _get_rows_serial(kind, w_rows, F16_TABLE, ids, out)
     return out
 
 
@@ -1331,3 +1340,4 @@ def warmup() -> None:
                     matvec(w, t, x, np.empty(rows, np.float32), parallel=parallel)
                 matmul(w, t, np.ones((2, cols), np.float32), np.empty((2, rows), np.float32))
                 get_rows(w, t, [0], np.empty((1, cols), np.float32))
+                _get_rows(_KINDS[t], w, F16_TABLE, np.zeros(1, np.int64), np.empty((1, cols), np.float32))

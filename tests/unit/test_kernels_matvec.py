@@ -115,6 +115,9 @@ def test_get_rows_is_dequantization(t, rng):
     assert_close(out, ref, np.maximum(np.abs(ref), 1e-30), TOL["get_rows", t], f"get_rows {t.name}")
     full = mv.dequantize_rows(w, t, np.empty((rows, cols), np.float32))
     np.testing.assert_array_equal(full, reference(w, t, cols).astype(np.float32))
+    many = rng.integers(0, rows, mv.PARALLEL_MIN_BYTES // (4 * cols) + 3)  # the parallel path
+    out = mv.get_rows(w, t, many, np.empty((len(many), cols), np.float32))
+    np.testing.assert_array_equal(out, reference(w, t, cols).astype(np.float32)[many])
 
 
 @pytest.mark.parametrize("t", HOT_TYPES, ids=lambda t: t.name)
