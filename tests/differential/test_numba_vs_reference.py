@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 TOLERANCE: dict[GGMLType, float] = {
     GGMLType.F32: 2e-4,
     GGMLType.F16: 2e-4,
+    GGMLType.BF16: 2e-4,
     GGMLType.Q4_0: 2e-4,
     GGMLType.Q4_1: 2e-4,
     GGMLType.Q5_0: 2e-4,
