@@ -25,22 +25,23 @@ from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-# Max |logit difference| allowed, per weight type (synthetic logits have std ~2-3, max ~10).
-# Measured worst cases are ~1e-5 (f32 reassociation in the kernels); the table leaves ~10x headroom.
+# Max |logit difference| allowed, per weight type (synthetic logits reach ~10-40). Both engines read the
+# same bytes, so the differences are f32 rounding order only; measured worst (prefill / decode paths, both
+# archs): float and legacy types <= 1.1e-5, k-quants <= 7.2e-5 (llama Q4_K). ~7-10x headroom for kernel changes.
 TOLERANCE: dict[GGMLType, float] = {
-    GGMLType.F32: 2e-4,
-    GGMLType.F16: 2e-4,
-    GGMLType.BF16: 2e-4,
-    GGMLType.Q4_0: 2e-4,
-    GGMLType.Q4_1: 2e-4,
-    GGMLType.Q5_0: 2e-4,
-    GGMLType.Q5_1: 2e-4,
-    GGMLType.Q8_0: 2e-4,
-    GGMLType.Q2_K: 2e-4,
-    GGMLType.Q3_K: 2e-4,
-    GGMLType.Q4_K: 2e-4,
-    GGMLType.Q5_K: 2e-4,
-    GGMLType.Q6_K: 2e-4,
+    GGMLType.F32: 1e-4,
+    GGMLType.F16: 1e-4,
+    GGMLType.BF16: 1e-4,
+    GGMLType.Q4_0: 1e-4,
+    GGMLType.Q4_1: 1e-4,
+    GGMLType.Q5_0: 1e-4,
+    GGMLType.Q5_1: 1e-4,
+    GGMLType.Q8_0: 1e-4,
+    GGMLType.Q2_K: 5e-4,
+    GGMLType.Q3_K: 5e-4,
+    GGMLType.Q4_K: 5e-4,
+    GGMLType.Q5_K: 5e-4,
+    GGMLType.Q6_K: 5e-4,
 }
 DEFAULT_MODEL_TOLERANCE = 2e-3  # Gemma 3 270M logits reach ~30; measured worst ~3e-5
 
