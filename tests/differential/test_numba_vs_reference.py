@@ -43,7 +43,7 @@ TOLERANCE: dict[GGMLType, float] = {
     GGMLType.Q5_K: 5e-4,
     GGMLType.Q6_K: 5e-4,
 }
-DEFAULT_MODEL_TOLERANCE = 2e-3  # Gemma 3 270M logits reach ~30; measured worst ~3e-5
+DEFAULT_MODEL_TOLERANCE = 1e-3  # Gemma 3 270M logits reach ~32; measured worst 7e-5 (3 prompts)
 
 PROMPT = [1, 5, 9, 100, 200, 7, 3, 4, 5, 6, 7, 8]  # 12 > sliding window 4 of the gemma3 models
 N_PREFILL = 5  # decode path: prefill this many, then one token at a time
