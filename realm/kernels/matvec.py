@@ -1,13 +1,9 @@
-"""Fused quantized matrix-vector (decode) and matrix-matrix (prefill) kernels over raw GGML rows.
+"""Quantized matvec (decode), matmul (prefill) and row lookup over raw GGML rows (rows, row_bytes) uint8.
 
-Weights stay quantized: `w_rows` is a (rows, row_bytes) uint8 view (usually read-only, of the
-model's mmap). Decode (`matvec`) is memory-bandwidth bound, so each kernel streams four rows per
-iteration sharing every activation load, prefetches the next rows, and runs over row chunks with
-`prange`. Q8_0 (the default model's 178 MB tied output matrix), Q4_0/Q4_1/Q5_0/Q5_1,
-Q4_K, Q5_K and Q6_K are fully fused with f32 activations; the others (F32, F16, BF16, Q2_K, Q3_K)
-dequantize four rows into a small per-thread f32 scratch (L1) and dot them with x. Prefill (`matmul`) dequantizes a tile of rows once and reuses it for all T tokens.
-Block layouts: `realm/quants.py`; bit facts from
-https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/ggml-quants.c (dequantize_row_*).
+Decode: four rows per iteration share each f32 activation load, dequantization fused into the dot
+(Q8_0, Q4_0/1, Q5_0/1, Q4_K, Q5_K, Q6_K; the rest via an L1 scratch), software prefetch, prange over
+row chunks. Prefill: a tile of rows is dequantized once for all T tokens. Layouts: `realm/quants.py`;
+facts: https://github.com/ggml-org/llama.cpp/blob/b6800/ggml/src/ggml-quants.c (dequantize_row_*).
 """
 
 from __future__ import annotations
