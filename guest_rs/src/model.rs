@@ -17,7 +17,7 @@ use std::alloc::{alloc as sys_alloc, dealloc, Layout};
 
 const SLACK: usize = 1 << 20; // headroom for the allocator and small allocations
 const MAX_BATCH: usize = 64; // tokens per weight pass
-const MAX_CHUNK: usize = 4 << 20; // streaming chunk
+const MAX_CHUNK: usize = 1 << 20; // streaming chunk: 1 MiB stays cache-hot between the host's memmove and the kernel
 const MIN_CHUNK: usize = 256 << 10;
 const MAX_READ: usize = 1 << 30; // largest single host read
 
@@ -232,7 +232,7 @@ struct Matrix {
     rows: usize,
     cols: usize,
     row_bytes: usize,
-    n_bytes: usize,
+    n_bytes: u64, // may exceed 4 GiB (wasm32 usize is 32 bits): offsets into a tensor are u64
     slot: Option<usize>, // index into Weights::cache when resident
 }
 
@@ -248,14 +248,15 @@ struct Weights {
     chunk: Vec<u8>, // streaming buffer, a whole number of rows of any matrix
 }
 
-/// Copy `out.len()` bytes of a tensor starting at `offset` (in <= MAX_READ pieces).
-fn fetch(model_id: i64, handle: i32, offset: usize, out: &mut [u8]) -> Res<()> {
+/// Copy `out.len()` bytes of a tensor starting at byte `offset` (u64: tensors may exceed 4 GiB),
+/// in <= MAX_READ pieces.
+fn fetch(model_id: i64, handle: i32, offset: u64, out: &mut [u8]) -> Res<()> {
     let mut done = 0;
     while done < out.len() {
         let n = (out.len() - done).min(MAX_READ);
         let s = stats();
         s.host_calls += 1;
-        let rc = host::read_tensor(model_id, handle, (offset + done) as u64, &mut out[done..done + n]);
+        let rc = host::read_tensor(model_id, handle, offset + done as u64, &mut out[done..done + n]);
         if rc < 0 {
             return Err(rc);
         }
@@ -287,7 +288,7 @@ impl Weights {
                 stats().cache_misses += 1;
                 fetch(self.model_id, m.handle, 0, &mut slot.data)?;
                 slot.loaded = true;
-                stats().cache_bytes += m.n_bytes as u64;
+                stats().cache_bytes += m.n_bytes;
             } else {
                 stats().cache_hits += 1;
             }
@@ -311,7 +312,7 @@ impl Weights {
         while r0 < m.rows {
             let n = rows_per_chunk.min(m.rows - r0);
             let buf = &mut self.chunk[..n * m.row_bytes];
-            fetch(self.model_id, m.handle, r0 * m.row_bytes, buf)?;
+            fetch(self.model_id, m.handle, r0 as u64 * m.row_bytes as u64, buf)?;
             kernels::matmul(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r0..], out_stride, tmp, xqb);
             r0 += n;
         }
@@ -425,8 +426,8 @@ fn matrix(model_id: i64, name: &str, rows: usize, cols: usize) -> Res<Matrix> {
         return Err(ERR_BAD_CONFIG);
     }
     let row_bytes = t.row_bytes(cols).ok_or(ERR_BAD_CONFIG)?;
-    let n_bytes = row_bytes.checked_mul(rows).ok_or(ERR_BAD_CONFIG)?;
-    if info.n_bytes != n_bytes as u64 {
+    let n_bytes = row_bytes as u64 * rows as u64; // both < 2^32: no overflow in u64
+    if info.n_bytes != n_bytes {
         return Err(ERR_BAD_CONFIG);
     }
     Ok(Matrix {
@@ -644,10 +645,10 @@ impl Engine {
         plan.push(&mut self.output as *mut Matrix);
         for mp in plan {
             let m = unsafe { &mut *mp };
-            if m.n_bytes > i32::MAX as usize {
+            if m.n_bytes > i32::MAX as u64 {
                 continue;
             }
-            if let Ok(data) = try_vec(m.n_bytes, 0u8, budget) {
+            if let Ok(data) = try_vec(m.n_bytes as usize, 0u8, budget) {
                 m.slot = Some(self.w.cache.len());
                 self.w.cache.push(Slot { data, loaded: false });
             }
@@ -882,7 +883,7 @@ impl Engine {
                 self.a.reqs[t] = ReadReq {
                     handle: m.handle,
                     out_ptr: (base + t * rb) as i32,
-                    offset: (tok as usize * rb) as i64,
+                    offset: (tok as u64 * rb as u64) as i64,
                     len: rb as i32,
                     reserved: 0,
                 };

@@ -195,7 +195,7 @@ def test_matvec_scalar_simd_and_float64(guest, t):
 @pytest.mark.parametrize("t", GUEST_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("nt", [1, 3, 6])
 def test_matmul_paths_vs_float64(guest, t, nt):
-    """The engine's matmul (4-row Q8_0 decode kernel, 4-token prefill kernels) against float64 NumPy."""
+    """The engine's matmul (4-row decode kernels, 4-token prefill kernels, tails) against float64 NumPy."""
     gq = pytest.importorskip("gguf.quants")
     rng = np.random.default_rng(200 + int(t) + nt)
     bs, ts = block_size_and_bytes(t)
