@@ -144,7 +144,8 @@ class ReferenceEngine:
                 out = rmsnorm(out, W[b + "post_attention_norm.weight"], c.norm_eps)
             x = x + out
             xb = rmsnorm(x, W[b + "ffn_norm.weight"], c.norm_eps)  # (T, dim)
-            hb = activation(xb @ W[b + "ffn_gate.weight"].T, c.activation) * (xb @ W[b + "ffn_up.weight"].T)  # (T, hidden)
+            gate = activation(xb @ W[b + "ffn_gate.weight"].T, c.activation)  # (T, hidden)
+            hb = gate * (xb @ W[b + "ffn_up.weight"].T)  # (T, hidden)
             out = hb @ W[b + "ffn_down.weight"].T  # (T, dim)
             if c.post_norms:
                 out = rmsnorm(out, W[b + "post_ffw_norm.weight"], c.norm_eps)
