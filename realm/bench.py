@@ -198,17 +198,17 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
 
     settings.validate()
     report: dict[str, Any] = {"settings": asdict(settings), "machine": machine_facts()}
-    progress("measuring memory bandwidth")
-    report["bandwidth"] = memory_bandwidth()
     model = load(settings.model)
     if model.config is None:
         raise RealmError(f"cannot benchmark {model.path.name}: {model.config_error}")
+    progress("measuring memory bandwidth")
+    report["bandwidth"] = memory_bandwidth()
     cfg = model.config
     wbytes = weight_bytes_per_token(model.gguf, cfg)
     report["model"] = {"path": str(model.path), "arch": cfg.arch, "file_bytes": model.gguf.file_size,
                        "weight_bytes_per_token": wbytes, "vocab_size": cfg.vocab_size, "n_layers": cfg.n_layers}
     ids = prompt_ids(model, settings.prompt_tokens)
-    n_ctx = settings.n_ctx or max(settings.prompt_tokens + settings.gen_tokens + 8, 256)
+    n_ctx = settings.n_ctx or min(cfg.context_length, max(settings.prompt_tokens + settings.gen_tokens + 8, 256))
     runs: list[dict[str, Any]] = []
     logits: dict[str, np.ndarray] = {}
     for name in settings.engines:

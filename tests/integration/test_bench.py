@@ -1,0 +1,85 @@
+"""`python -m realm bench` on a tiny synthetic model: the report's structure, and numbers that were measured."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from realm.cli import main
+from realm.quants import GGMLType
+
+synth = pytest.importorskip("synth")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return synth.make_model(tmp_path_factory.mktemp("bench") / "tiny.gguf", arch="llama", qtype=GGMLType.Q8_0)
+
+
+def numbers(obj, path=""):
+    """Every numeric leaf of a JSON object, with its path."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from numbers(v, f"{path}[{i}]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+def test_bench_cli_writes_a_measured_report(tiny_model, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--model", str(tiny_model), "--engines", "wasm,numba,reference",
+                                       "--threads", "1,2", "--prompt-tokens", "12", "--gen-tokens", "4",
+                                       "--repeat", "2", "--no-startup", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.json").exists() and (out / "report.md").exists()
+    report = json.loads((out / "report.json").read_text())
+
+    labels = [r["label"] for r in report["runs"]]
+    assert any(label.startswith("numba[1 thread") for label in labels)
+    assert any(label.startswith("numba[2 threads") for label in labels)
+    assert any(label.startswith("wasm[64 MiB") for label in labels)
+    assert any(label.startswith("wasm[resident") for label in labels)
+    assert "reference" in labels
+
+    for path, value in numbers(report):
+        assert math.isfinite(value), f"{path} = {value}"
+    assert report["bandwidth"]["read_gbps"] > 0 and report["bandwidth"]["copy_gbps"] > 0
+    for run in report["runs"]:
+        for key in ("prefill_tps", "decode_tps"):
+            s = run[key]
+            assert s["n"] == 2 and 0 < s["min"] <= s["median"] <= s["max"], (run["label"], key, s)
+        assert run["decode_gbps"] > 0 and run["create_seconds"] > 0
+    guest = [r for r in report["runs"] if r["engine"] == "wasm"]
+    assert all(r["engine_stats"]["peak_memory"] > 0 for r in guest)
+    assert all("host_calls_per_token" in r for r in guest)
+    # independent recomputation of the bytes a decode step reads
+    from realm.gguf import GGUFFile
+
+    with GGUFFile(tiny_model) as g:
+        expected = sum(t.n_bytes for n, t in g.tensors.items() if n != "token_embd.weight")
+        emb = g.tensors["token_embd.weight"]
+        expected += emb.n_bytes // emb.shape[0] + (emb.n_bytes if "output.weight" not in g.tensors else 0)
+    assert report["model"]["weight_bytes_per_token"] == expected
+    agree = report["agreement"]
+    assert set(agree) == {"wasm vs reference", "numba vs reference"}
+    for a in agree.values():
+        assert a["positions"] == 12 and a["top1_agreement"] >= 0.9 and a["max_abs_diff"] < 0.1
+    md = (out / "report.md").read_text()
+    for run in report["runs"]:
+        assert run["label"] in md
+    assert "nan" not in md.lower()
+    assert "wrote" in result.output
+
+
+def test_wasm_startup_is_measured_in_fresh_processes():
+    from realm.bench import startup_times
+
+    s = startup_times("wasm")
+    assert s is not None and "error" not in s, s
+    assert s["cold_seconds"] > 0 and s["cached_seconds"] > 0
