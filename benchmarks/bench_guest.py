@@ -194,7 +194,7 @@ def main() -> None:
     for mib in (int(b) for b in args.budgets.split(",")):
         budget = mib << 20
         rec = run_engine("wasm", f, config, prompt, args.decode, args.repeats, memory_budget=budget, wasm=args.wasm)
-        chunk = min(4 << 20, max(256 << 10, budget // 16))
+        chunk = min(1 << 20, max(256 << 10, budget // 16))  # the guest's MAX_CHUNK/MIN_CHUNK (model.rs)
         rec["host_copy_ms_est"] = round(copy_ms(f, rec["bytes_fetched_per_token"], chunk), 2)
         rec["guest_cpu_ms_est"] = round(rec["decode_cpu_ms_median"] - rec["host_copy_ms_est"], 2)
         emit(bench="wasm_engine", budget_mib=mib, **rec, load_average=load())

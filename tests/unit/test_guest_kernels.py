@@ -310,3 +310,44 @@ def test_memory_budget_and_residency(synth_engine):
     finally:
         small.close()
         large.close()
+
+
+@pytest.mark.slow
+def test_model_over_4gib_in_64mib_guest(tmp_path):
+    """A sparse synthetic llama whose token_embd is 4.35 GB (> 2^32 bytes, benchmarks/bench_big_model.py)
+    through a guest with the default 64 MiB budget: tensor offsets past 2^32 (prompt rows and the
+    streamed output matrix) are read, memory stays within the budget, and the logits equal a float64
+    NumPy forward pass (exactly 0 on the all-zero rows). ~30-40 s, mostly the store hashing 4.4 GB of
+    page cache (the file itself takes ~34 MB of disk)."""
+    from realm.config import ModelConfig
+    from realm.engines import create_engine
+    from realm.gguf import GGUFFile
+
+    spec = importlib.util.spec_from_file_location("bench_big_model", ROOT / "benchmarks" / "bench_big_model.py")
+    big = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(big)
+    vocab, dim = 2_000_000, 2048
+    row_bytes = dim // 32 * 34
+    prompt = [5, (1 << 32) // row_bytes + 1, vocab - 1]  # the last two rows start past byte 2^32
+    path = tmp_path / "big.gguf"
+    layout = big.write_sparse_model(path, vocab, dim, 1024, 16, 4, prompt)
+    assert layout["embd_bytes"] > 1 << 32
+    budget = 64 << 20
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        engine = create_engine("wasm", f, config, n_ctx=8, memory_budget=budget)
+        try:
+            logits = engine.eval(prompt)
+            stats = engine.stats()
+        finally:
+            engine.close()
+        nz = layout["nonzero_rows"]
+        want = big.numpy_logits(f, config, prompt, nz)
+    assert stats["bytes_fetched"] > 1 << 32
+    assert stats["peak_memory"] <= budget
+    zero = np.ones(vocab, bool)
+    zero[nz] = False
+    assert np.isfinite(logits).all()
+    assert (logits[zero] == 0).all()
+    err = np.abs(logits[nz] - want).max() / np.abs(want).max()
+    assert err < 1e-2, err
