@@ -37,6 +37,7 @@ from realm.errors import GuestError  # noqa: E402
 from realm.gguf import GGUFFile  # noqa: E402
 from realm.host.runtime import Guest  # noqa: E402
 from realm.host.store import ModelStore  # noqa: E402
+from realm.generate import greedy
 
 PROXY = (ROOT / "tests" / "security" / "wat" / "proxy.wat").read_text()
 BIG_AT = 0x10000
@@ -63,17 +64,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def greedy(engine, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
-    engine.reset()
-    logits = engine.eval(prompt)
-    tokens, steps = [], []
-    for _ in range(n):
-        steps.append(logits)
-        tokens.append(int(logits.argmax()))
-        logits = engine.eval([tokens[-1]])
-    return tokens, np.stack(steps)
 
 
 class Counters:

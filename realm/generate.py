@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from realm.errors import RealmError
 from realm.sampling import Sampler, SamplingParams
 from realm.tokenizer import StreamDecoder, Tokenizer
@@ -142,3 +144,19 @@ class Generation:
             self.text += pending
             yield pending
         stats.engine = engine.stats()
+
+
+def greedy(engine, prompt_ids: Sequence[int], n: int) -> tuple[list[int], np.ndarray]:
+    """Reset `engine`, then take `n` greedy steps after `prompt_ids`.
+
+    Returns the chosen ids and the logits each choice was made from, `(n, vocab)`. The plain
+    argmax loop engines are compared and benchmarked with (no sampler, no stop tokens).
+    """
+    engine.reset()
+    logits = engine.eval(prompt_ids)
+    tokens, steps = [], []
+    for _ in range(n):
+        steps.append(logits)
+        tokens.append(int(np.argmax(logits)))
+        logits = engine.eval([tokens[-1]])
+    return tokens, np.stack(steps) if steps else np.empty((0, 0), np.float32)

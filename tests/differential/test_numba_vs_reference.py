@@ -19,6 +19,7 @@ from realm.engines.reference import ReferenceEngine
 from realm.errors import RealmError
 from realm.gguf import GGUFFile
 from realm.quants import GGMLType
+from realm.generate import greedy
 
 pytest.importorskip("gguf")
 from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
@@ -58,17 +59,6 @@ def assert_logits_close(ref: np.ndarray, got: np.ndarray, tol: float, what: str)
     err = np.abs(ref - got).max(axis=1)  # (T,)
     worst = int(err.argmax())
     assert err[worst] <= tol, f"{what}: max |diff| {err[worst]:.3g} at position {worst} > tolerance {tol:g}"
-
-
-def greedy(engine, prompt: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
-    engine.reset()
-    logits = engine.eval(prompt)
-    tokens, steps = [], []
-    for _ in range(n):
-        steps.append(logits)
-        tokens.append(int(logits.argmax()))
-        logits = engine.eval([tokens[-1]])
-    return tokens, steps
 
 
 def assert_greedy_equal(ref_engine, numba_engine, prompt: list[int], n: int, tol: float, what: str) -> None:

@@ -27,6 +27,7 @@ except ImportError as e:  # pragma: no cover - only while the Numba engine is mi
 
 from realm.engines.wasm import WasmEngine  # noqa: E402
 from realm.host.store import ModelStore  # noqa: E402
+from realm.generate import greedy
 from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -65,17 +66,6 @@ def assert_logits_close(ref: np.ndarray, got: np.ndarray, tol: float, what: str)
     log.info("%s: max |diff| %.3g at position %d", what, err[worst], worst)
     assert err[worst] <= tol, f"{what}: max |diff| {err[worst]:.3g} at position {worst} > tolerance {tol:g}"
     return float(err[worst])
-
-
-def greedy(engine, prompt: list[int], n: int) -> tuple[list[int], list[np.ndarray]]:
-    engine.reset()
-    logits = engine.eval(prompt)
-    tokens, steps = [], []
-    for _ in range(n):
-        steps.append(logits)
-        tokens.append(int(logits.argmax()))
-        logits = engine.eval([tokens[-1]])
-    return tokens, steps
 
 
 def assert_greedy_equal(numba_engine, wasm_engine, prompt: list[int], n: int, tol: float, what: str) -> None:

@@ -23,6 +23,7 @@ if not default_guest_path().exists():
 
 from realm.engines.wasm import WasmEngine  # noqa: E402
 from realm.host.store import ModelStore  # noqa: E402
+from realm.generate import greedy  # noqa: E402
 from synth import kquant_dims, make_model  # noqa: E402
 
 N_GUESTS = 8
@@ -30,18 +31,6 @@ GUEST = load_module(default_guest_path().read_bytes())  # one compiled guest eve
 BUDGET = 64 << 20
 PROMPTS = [[1, 5, 9, 100, 200, 7], [1, 42, 43, 44], [1, 250, 3, 3, 3, 3, 3, 8]]
 N_STEPS = 6
-
-
-def run(engine, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
-    """Greedy continuation; returns the tokens and the logits of every step (n, vocab)."""
-    engine.reset()
-    logits = engine.eval(prompt)
-    tokens, steps = [], []
-    for _ in range(n):
-        steps.append(logits)
-        tokens.append(int(logits.argmax()))
-        logits = engine.eval([tokens[-1]])
-    return tokens, np.stack(steps)
 
 
 def run_tenants(gguf_file, config, store: ModelStore, prompts, n_steps: int, n_ctx: int = 64):
@@ -54,7 +43,7 @@ def run_tenants(gguf_file, config, store: ModelStore, prompts, n_steps: int, n_c
     def work(i: int) -> None:
         try:
             start.wait()
-            results[i] = run(engines[i], prompts[i], n_steps)
+            results[i] = greedy(engines[i], prompts[i], n_steps)
         except BaseException as e:  # reported by the main thread
             errors.append(e)
 
@@ -79,7 +68,7 @@ def test_eight_guests_share_one_copy(synth_model):
         expect = {}
         for k, prompt in enumerate(PROMPTS):
             single = WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=BUDGET, store=ModelStore())
-            expect[k] = run(single, prompt, N_STEPS)
+            expect[k] = greedy(single, prompt, N_STEPS)
             single.close()
 
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(N_GUESTS)]
@@ -113,10 +102,10 @@ def test_a_closed_tenant_does_not_disturb_the_others(synth_model):
         config = ModelConfig.from_gguf(f)
         a = WasmEngine(f, config, wasm=GUEST, n_ctx=32, store=store)
         b = WasmEngine(f, config, wasm=GUEST, n_ctx=32, store=store)
-        expect = run(b, PROMPTS[0], 3)
+        expect = greedy(b, PROMPTS[0], 3)
         a.eval(PROMPTS[1])
         a.close()
-        got = run(b, PROMPTS[0], 3)
+        got = greedy(b, PROMPTS[0], 3)
         assert got[0] == expect[0]
         np.testing.assert_array_equal(got[1], expect[1])
         assert store.stats()["n_copies"] == 1
@@ -135,7 +124,7 @@ def test_default_model_tenants(default_model):
         encode = Tokenizer.from_gguf(f).encode
         prompts = [encode("What is the capital of France?"), encode("The quick brown fox")] * 2
         single = WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=BUDGET, store=store)
-        expect = [run(single, p, 2) for p in prompts[:2]]
+        expect = [greedy(single, p, 2) for p in prompts[:2]]
         single.close()
         engines, results, errors = run_tenants(f, config, store, prompts, 2)
         try:

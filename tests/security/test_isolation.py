@@ -30,6 +30,7 @@ from realm.host.abi import Err  # noqa: E402
 from realm.host.runtime import Guest, default_guest_path, load_module  # noqa: E402
 from realm.host.store import MAX_ID, ModelStore, content_id  # noqa: E402
 from realm.quants import GGMLType  # noqa: E402
+from realm.generate import greedy
 
 PROXY = (Path(__file__).resolve().parent / "wat" / "proxy.wat").read_text()
 NAME_AT, OUT_AT, BIG_AT = 0x100, 0x1000, 0x10000
@@ -214,17 +215,6 @@ def test_storing_known_content_reveals_nothing_and_revives_nothing(models):
 
 
 # ---- real guests ----------------------------------------------------------------------------------
-
-
-def greedy(engine, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
-    engine.reset()
-    logits = engine.eval(prompt)
-    tokens, steps = [], []
-    for _ in range(n):
-        steps.append(logits)
-        tokens.append(int(logits.argmax()))
-        logits = engine.eval([tokens[-1]])
-    return tokens, np.stack(steps)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ if not default_guest_path().exists():
     pytest.skip("the guest realm/guest/realm_guest.wasm is not built yet", allow_module_level=True)
 
 from realm.engines.wasm import WasmEngine  # noqa: E402
+from realm.generate import greedy
 
 PROXY = (Path(__file__).resolve().parent / "wat" / "proxy.wat").read_text()
 N_GUESTS = 8
@@ -44,18 +45,6 @@ def guest_module():
     """The shipped guest, compiled once here: references and tenants run the same code even if the
     .wasm is rebuilt while the tests run."""
     return load_module(default_guest_path().read_bytes())
-
-
-
-def greedy(engine, prompt: list[int], n: int) -> tuple[list[int], np.ndarray]:
-    engine.reset()
-    logits = engine.eval(prompt)
-    tokens, steps = [], []
-    for _ in range(n):
-        steps.append(logits)
-        tokens.append(int(logits.argmax()))
-        logits = engine.eval([tokens[-1]])
-    return tokens, np.stack(steps)
 
 
 def copies_of(st: ModelStore, mid: int) -> int:
