@@ -7,7 +7,6 @@ Both engines read the same quantized bytes; the reference dequantizes them with 
 
 from __future__ import annotations
 
-import logging
 
 import numba
 import numpy as np
@@ -19,60 +18,16 @@ from realm.engines.reference import ReferenceEngine
 from realm.errors import RealmError
 from realm.gguf import GGUFFile
 from realm.quants import GGMLType
-from realm.generate import greedy
 
 pytest.importorskip("gguf")
+from compare import DEFAULT_MODEL, TOLERANCE, assert_greedy_equal, assert_logits_close, types_for  # noqa: E402
 from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
 
-log = logging.getLogger(__name__)
-
-# Max |logit difference| allowed, per weight type (synthetic logits reach ~10-40). Both engines read the
-# same bytes, so the differences are f32 rounding order only; measured worst (prefill / decode paths, both
-# archs): float and legacy types <= 1.1e-5, k-quants <= 7.2e-5 (llama Q4_K). ~7-10x headroom for kernel changes.
-TOLERANCE: dict[GGMLType, float] = {
-    GGMLType.F32: 1e-4,
-    GGMLType.F16: 1e-4,
-    GGMLType.BF16: 1e-4,
-    GGMLType.Q4_0: 1e-4,
-    GGMLType.Q4_1: 1e-4,
-    GGMLType.Q5_0: 1e-4,
-    GGMLType.Q5_1: 1e-4,
-    GGMLType.Q8_0: 1e-4,
-    GGMLType.Q2_K: 5e-4,
-    GGMLType.Q3_K: 5e-4,
-    GGMLType.Q4_K: 5e-4,
-    GGMLType.Q5_K: 5e-4,
-    GGMLType.Q6_K: 5e-4,
-}
-DEFAULT_MODEL_TOLERANCE = 1e-3  # Gemma 3 270M logits reach ~32; measured worst 7e-5 (3 prompts)
 
 PROMPT = [1, 5, 9, 100, 200, 7, 3, 4, 5, 6, 7, 8]  # 12 > sliding window 4 of the gemma3 models
 N_PREFILL = 5  # decode path: prefill this many, then one token at a time
 N_GREEDY = 8
 N_GREEDY_SYNTH = 4
-
-
-def assert_logits_close(ref: np.ndarray, got: np.ndarray, tol: float, what: str) -> None:
-    """ref, got (T, vocab): fail naming the worst position and its error."""
-    assert ref.shape == got.shape, f"{what}: shape {got.shape} != {ref.shape}"
-    assert np.isfinite(got).all(), f"{what}: non-finite logits"
-    err = np.abs(ref - got).max(axis=1)  # (T,)
-    worst = int(err.argmax())
-    assert err[worst] <= tol, f"{what}: max |diff| {err[worst]:.3g} at position {worst} > tolerance {tol:g}"
-
-
-def assert_greedy_equal(ref_engine, numba_engine, prompt: list[int], n: int, tol: float, what: str) -> None:
-    """Greedy continuations equal; a divergence where the reference's top-2 gap < tol is a logged near-tie."""
-    ref_tokens, ref_steps = greedy(ref_engine, prompt, n)
-    got_tokens, _ = greedy(numba_engine, prompt, n)
-    for i, (a, b) in enumerate(zip(ref_tokens, got_tokens)):
-        if a != b:
-            top2 = np.sort(ref_steps[i])[-2:]
-            gap = float(top2[1] - top2[0])
-            if gap < tol:
-                log.warning("%s: greedy near-tie at step %d (top-2 gap %.3g): %d vs %d", what, i, gap, a, b)
-                return
-            pytest.fail(f"{what}: greedy token {i} differs: reference {a}, numba {b} (top-2 gap {gap:.3g})")
 
 
 # --- synthetic models ------------------------------------------------------------------------------
@@ -96,12 +51,12 @@ def synth_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("synth")
 
 
-@pytest.mark.parametrize("qtype", list(TOLERANCE), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", types_for("numba-vs-reference"), ids=lambda t: t.name)
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_synthetic_model(synth_dir, arch, qtype):
     path = make_model(synth_dir / f"{arch}-{qtype.name}.gguf", arch=arch, qtype=qtype, seed=int(qtype),
                       **_model_kwargs(arch, qtype))
-    tol = TOLERANCE[qtype]
+    tol = TOLERANCE["numba-vs-reference", qtype]
     with GGUFFile(path) as f:
         config = ModelConfig.from_gguf(f)
         ref = ReferenceEngine(f, config, n_ctx=64)
@@ -134,7 +89,7 @@ def test_parallel_attention_path(synth_dir, monkeypatch):
         eng = NumbaEngine(f, config, n_ctx=64, threads=min(2, numba.config.NUMBA_NUM_THREADS))
         steps = [eng.eval(PROMPT[:N_PREFILL], all_logits=True)]
         steps += [eng.eval([t], all_logits=True) for t in PROMPT[N_PREFILL:]]
-        assert_logits_close(expect, np.concatenate(steps), TOLERANCE[GGMLType.Q8_0], "parallel attention")
+        assert_logits_close(expect, np.concatenate(steps), TOLERANCE["numba-vs-reference", GGMLType.Q8_0], "parallel attention")
 
 
 def test_sliding_window_matters(synth_dir):
@@ -210,7 +165,7 @@ def test_default_model(default_engines, prompt):
     eng.reset()
     expect = ref.eval(ids, all_logits=True)  # (T, vocab)
     got = eng.eval(ids, all_logits=True)
-    assert_logits_close(expect, got, DEFAULT_MODEL_TOLERANCE, f"default model {prompt!r}")
+    assert_logits_close(expect, got, TOLERANCE["numba-vs-reference", DEFAULT_MODEL], f"default model {prompt!r}")
     agree = expect.argmax(axis=1) == got.argmax(axis=1)
     assert agree.all(), f"{prompt!r}: top-1 differs at positions {np.flatnonzero(~agree).tolist()}"
-    assert_greedy_equal(ref, eng, ids, N_GREEDY, DEFAULT_MODEL_TOLERANCE, f"default model {prompt!r}")
+    assert_greedy_equal(ref, eng, ids, N_GREEDY, TOLERANCE["numba-vs-reference", DEFAULT_MODEL], f"default model {prompt!r}")

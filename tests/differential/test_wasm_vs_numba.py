@@ -7,7 +7,6 @@ f32) and sums in another order, so the tolerances below are looser than numba-vs
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import pytest
@@ -27,59 +26,13 @@ except ImportError as e:  # pragma: no cover - only while the Numba engine is mi
 
 from realm.engines.wasm import WasmEngine  # noqa: E402
 from realm.host.store import ModelStore  # noqa: E402
-from realm.generate import greedy
+from compare import DEFAULT_MODEL, TOLERANCE, assert_greedy_equal, assert_logits_close, types_for  # noqa: E402
 from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
 
-log = logging.getLogger(__name__)
-
-# Max |logit difference| allowed per weight type (synthetic logits: std ~2-3, max ~10-15).
-# Measured worst cases (2 archs x 3 eval paths): legacy/float types <= 6.5e-3, k-quants <= 1.6e-2
-# (llama Q5_K; dim 256 models); the default model 1.8e-2. The guest keeps K/V in f16, Numba in f32.
-_LEGACY_TOL, _KQUANT_TOL = 2e-2, 5e-2
-TOLERANCE: dict[GGMLType, float] = {
-    GGMLType.F32: _LEGACY_TOL,
-    GGMLType.F16: _LEGACY_TOL,
-    GGMLType.Q4_0: _LEGACY_TOL,
-    GGMLType.Q4_1: _LEGACY_TOL,
-    GGMLType.Q5_0: _LEGACY_TOL,
-    GGMLType.Q5_1: _LEGACY_TOL,
-    GGMLType.Q8_0: _LEGACY_TOL,
-    GGMLType.Q2_K: _KQUANT_TOL,
-    GGMLType.Q3_K: _KQUANT_TOL,
-    GGMLType.Q4_K: _KQUANT_TOL,
-    GGMLType.Q5_K: _KQUANT_TOL,
-    GGMLType.Q6_K: _KQUANT_TOL,
-}
-DEFAULT_MODEL_TOLERANCE = 0.1  # Gemma 3 270M logits reach ~30
 
 PROMPT = [1, 5, 9, 100, 200, 7, 3, 4, 5, 6, 7, 8]  # 12 > sliding window 4 of the gemma3 models
 N_PREFILL = 5
 N_GREEDY = 8
-
-
-def assert_logits_close(ref: np.ndarray, got: np.ndarray, tol: float, what: str) -> float:
-    """ref, got (T, vocab): fail naming the worst position and its error; returns the worst error."""
-    assert ref.shape == got.shape, f"{what}: shape {got.shape} != {ref.shape}"
-    assert np.isfinite(got).all(), f"{what}: non-finite logits"
-    err = np.abs(ref - got).max(axis=1)  # (T,)
-    worst = int(err.argmax())
-    log.info("%s: max |diff| %.3g at position %d", what, err[worst], worst)
-    assert err[worst] <= tol, f"{what}: max |diff| {err[worst]:.3g} at position {worst} > tolerance {tol:g}"
-    return float(err[worst])
-
-
-def assert_greedy_equal(numba_engine, wasm_engine, prompt: list[int], n: int, tol: float, what: str) -> None:
-    """Greedy continuations equal; a divergence where Numba's top-2 gap < tol is a logged near-tie."""
-    ref_tokens, ref_steps = greedy(numba_engine, prompt, n)
-    got_tokens, _ = greedy(wasm_engine, prompt, n)
-    for i, (a, b) in enumerate(zip(ref_tokens, got_tokens)):
-        if a != b:
-            top2 = np.sort(ref_steps[i])[-2:]
-            gap = float(top2[1] - top2[0])
-            if gap < tol:
-                log.warning("%s: greedy near-tie at step %d (top-2 gap %.3g): %d vs %d", what, i, gap, a, b)
-                return
-            pytest.fail(f"{what}: greedy token {i} differs: numba {a}, wasm {b} (top-2 gap {gap:.3g})")
 
 
 def _model_kwargs(arch: str, qtype: GGMLType) -> dict:
@@ -96,12 +49,12 @@ def synth_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("synth_wasm")
 
 
-@pytest.mark.parametrize("qtype", list(TOLERANCE), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", types_for("wasm-vs-numba"), ids=lambda t: t.name)
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_synthetic_model(synth_dir, arch, qtype):
     path = make_model(synth_dir / f"{arch}-{qtype.name}.gguf", arch=arch, qtype=qtype, seed=int(qtype),
                       **_model_kwargs(arch, qtype))
-    tol = TOLERANCE[qtype]
+    tol = TOLERANCE["wasm-vs-numba", qtype]
     store = ModelStore()
     with GGUFFile(path) as f:
         config = ModelConfig.from_gguf(f)
@@ -145,8 +98,8 @@ def test_tiny_budget_streams_weights(synth_dir):
         small = WasmEngine(f, config, n_ctx=32, store=ModelStore(), memory_budget=small_budget)
         try:
             expect = ref.eval(PROMPT, all_logits=True)
-            assert_logits_close(expect, big.eval(PROMPT, all_logits=True), TOLERANCE[qtype], "big budget")
-            assert_logits_close(expect, small.eval(PROMPT, all_logits=True), TOLERANCE[qtype], "small budget")
+            assert_logits_close(expect, big.eval(PROMPT, all_logits=True), TOLERANCE["wasm-vs-numba", qtype], "big budget")
+            assert_logits_close(expect, small.eval(PROMPT, all_logits=True), TOLERANCE["wasm-vs-numba", qtype], "small budget")
             assert small.guest.memory_size <= small_budget
         finally:
             big.close()
@@ -206,8 +159,8 @@ def test_default_model(default_engines, prompt):
     eng.reset()
     expect = ref.eval(ids, all_logits=True)  # (T, vocab)
     got = eng.eval(ids, all_logits=True)
-    assert_logits_close(expect, got, DEFAULT_MODEL_TOLERANCE, f"default model {prompt!r}")
+    assert_logits_close(expect, got, TOLERANCE["wasm-vs-numba", DEFAULT_MODEL], f"default model {prompt!r}")
     agree = expect.argmax(axis=1) == got.argmax(axis=1)
     assert agree.all(), f"{prompt!r}: top-1 differs at positions {np.flatnonzero(~agree).tolist()}"
-    assert_greedy_equal(ref, eng, ids, 4, DEFAULT_MODEL_TOLERANCE, f"default model {prompt!r}")
+    assert_greedy_equal(ref, eng, ids, 4, TOLERANCE["wasm-vs-numba", DEFAULT_MODEL], f"default model {prompt!r}")
     assert eng.guest.memory_size <= 64 << 20
