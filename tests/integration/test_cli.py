@@ -38,6 +38,10 @@ def test_run_answers_paris(default_model, engine):
     assert "Paris" in out["text"], out["text"]
     assert out["stats"]["prompt_tokens"] == 8
     assert out["tokens"] and all(isinstance(t, int) for t in out["tokens"])
+    if engine == "wasm":  # the guest's linear memory, as wasmtime reports it, never passed the 64 MiB default
+        guest = out["stats"]["engine"]
+        assert guest["memory_budget"] == 64 << 20
+        assert 0 < guest["peak_memory"] <= 64 << 20 and guest["memory_size"] <= 64 << 20
 
 
 def test_run_streams_text_and_verbose_timings(default_model):
