@@ -1,10 +1,22 @@
 """Benchmark of realm's quantized matvec/matmul kernels; prints one JSON object per line.
 
-    python benchmarks/bench_matvec.py [--quick] [--cold] [--types Q8_0,Q4_K] [--reps N]
+    python benchmarks/bench_matvec.py [--quick] [--cold] [--types Q8_0,Q4_K] [--reps N] [--threads 1]
 
 Lines: `membw` (the machine's copy bandwidth, same run), `compile` (warmup seconds; `--cold`
 compiles into a fresh cache dir), `matvec` (weight GB/s per type, shape and thread count),
 `matmul` (tokens/s and weight GB/s for T tokens). Weights are random bytes with finite f16 fields.
+On a shared machine compare single-thread numbers (`--threads 1`) taken in the same run.
+
+Measured alternatives that did NOT beat the f32 fused kernels (Q5_0 2048x640, 1 thread, same run;
+details in the 2026-11-26 kernel report): int16-quantized activations with `vpmaddwd` (Numba emits
+it for `s = np.int32(s + np.int16(a) * np.int16(b))` over an opaque trip count, with x slices
+instead of `x[j + 16]`, whose negative-index wraparound turns the loads into gathers) ran at
+0.9-1.2 GB/s vs 3.3 (per-block horizontal sums and int->float work outweigh the cheaper
+multiplies; one int16 pass is also 100x less accurate, 4e-6 vs 4e-8 relative); per-lane f32
+accumulators across blocks (stores to a (4, 8) scratch stay scalar: 0.7 GB/s); the Q5_0 5th bit
+OR-ed in as uint8 before the float conversion (2.8 vs 3.8 GB/s; no consistent
+difference at 23000x2048); matmul with K-blocking of
+128-512 columns or a 4x4 micro-kernel (both slower than the 4-row x 2-token kernel).
 """
 
 from __future__ import annotations
@@ -73,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--types", default="", help="comma-separated GGMLType names (default: all)")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--no-matmul", action="store_true")
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     args = ap.parse_args(argv)
     if args.cold:
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="realm-numba-")
@@ -94,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     types = ([GGMLType[n.strip()] for n in args.types.split(",") if n.strip()]
              or sorted(mv.MATVEC_TYPES, key=lambda t: t.name))
     rng = np.random.default_rng(0)
-    threads = [n for n in (1, 2) if n <= numba.config.NUMBA_NUM_THREADS]
+    threads = [n for n in (int(v) for v in args.threads.split(",") if v.strip())
+               if 1 <= n <= numba.config.NUMBA_NUM_THREADS]
     big_bytes = (16 if args.quick else 64) << 20
     for t in types:
         block = block_size_and_bytes(t)[0]
