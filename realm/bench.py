@@ -192,6 +192,54 @@ def startup_times(engine: str) -> dict[str, float] | None:
         return out
 
 
+# A guest that calls realm_read_tensor `n` times in a loop, so only the boundary crossing is timed.
+_HOSTCALL_WAT = """
+(module
+  (import "env" "realm_tensor_info" (func $info (param i64 i32 i32 i32) (result i32)))
+  (import "env" "realm_read_tensor" (func $read (param i64 i32 i64 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "lookup") (param $id i64) (param $name i32) (param $len i32) (result i32)
+    (call $info (local.get $id) (local.get $name) (local.get $len) (i32.const 1024)))
+  (func (export "reads") (param $id i64) (param $h i32) (param $n i32) (param $bytes i32) (result i32)
+    (local $r i32)
+    (block $done (loop $again
+      (br_if $done (i32.eqz (local.get $n)))
+      (local.set $r (call $read (local.get $id) (local.get $h) (i64.const 0) (i32.const 4096) (local.get $bytes)))
+      (br_if $done (i32.lt_s (local.get $r) (i32.const 0)))
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br $again)))
+    (local.get $r)))
+"""
+
+
+def host_call_cost(path, n_calls: int = 20000, n_bytes: int = 64) -> dict[str, float]:
+    """µs per `realm_read_tensor` call of `n_bytes`, timed from inside a guest loop (best of 3)."""
+    from realm.host.runtime import Guest
+    from realm.host.store import ModelStore
+
+    store = ModelStore()
+    model_id = store.add(path)
+    guest = Guest(wasm=_HOSTCALL_WAT, model_store=store)
+    try:
+        guest.acquire(model_id)
+        name = next(iter(store.gguf(model_id).tensors)).encode()
+        guest.write(0, name)
+        handle = guest.call("lookup", model_id, 0, len(name))
+        if handle < 0:
+            raise RealmError(f"host-call benchmark: tensor lookup failed with code {handle}")
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            r = guest.call("reads", model_id, handle, n_calls, n_bytes)
+            best = min(best, time.perf_counter() - t0)
+            if r < 0:
+                raise RealmError(f"host-call benchmark: read failed with code {r}")
+        return {"us_per_call": best / n_calls * 1e6, "bytes_per_call": n_bytes, "calls": n_calls}
+    finally:
+        guest.close()
+        store.close()
+
+
 def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> dict[str, Any]:
     """Measure everything; returns the report dict (also what report.json holds)."""
     from realm.api import load
@@ -211,6 +259,9 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
     n_ctx = settings.n_ctx or min(cfg.context_length, max(settings.prompt_tokens + settings.gen_tokens + 8, 256))
     runs: list[dict[str, Any]] = []
     logits: dict[str, np.ndarray] = {}
+    if "wasm" in settings.engines:
+        progress("wasm: host-call cost (a guest loop of realm_read_tensor calls)")
+        report["host_call"] = host_call_cost(model.path)
     for name in settings.engines:
         if settings.startup:
             progress(f"{name}: start-up time, cold and cached (fresh processes)")
@@ -322,14 +373,18 @@ def format_markdown(r: dict[str, Any]) -> str:
                 lines.append(f"| {name} | n/a | n/a |")
     guest = [x for x in r["runs"] if x["engine"] == "wasm"]
     if guest:
+        us = r.get("host_call", {}).get("us_per_call", float("nan"))
         lines += ["", "## Guest memory and boundary traffic", "",
-                  "| budget | peak linear memory MiB | bytes fetched / token | host calls / token |",
-                  "| --- | ---: | ---: | ---: |"]
+                  f"One host call (`realm_read_tensor`, {r.get('host_call', {}).get('bytes_per_call', 0)} bytes, "
+                  f"timed in a guest loop) costs {us:.1f} µs.", "",
+                  "| budget | peak linear memory MiB | bytes fetched / token | host calls / token | host-call overhead / token |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
         for run in guest:
             st = run["engine_stats"]
             peak = st.get("peak_memory", float("nan")) / 2**20
+            calls = run.get("host_calls_per_token", float("nan"))
             lines.append(f"| {run['variant']} | {peak:.1f} | {run.get('bytes_fetched_per_token', float('nan')) / 1e6:.1f} MB | "
-                         f"{run.get('host_calls_per_token', float('nan')):.0f} |")
+                         f"{calls:.0f} | {calls * us / 1000:.2f} ms |")
     if r.get("agreement"):
         lines += ["", "## Logits agreement on the benchmark prompt", "",
                   "| pair | max abs diff | relative to max logit | top-1 agreement |", "| --- | ---: | ---: | ---: |"]

@@ -58,6 +58,7 @@ def test_bench_cli_writes_a_measured_report(tiny_model, tmp_path):
     guest = [r for r in report["runs"] if r["engine"] == "wasm"]
     assert all(r["engine_stats"]["peak_memory"] > 0 for r in guest)
     assert all("host_calls_per_token" in r for r in guest)
+    assert report["host_call"]["us_per_call"] > 0 and report["host_call"]["calls"] > 0
     # independent recomputation of the bytes a decode step reads
     from realm.gguf import GGUFFile
 
