@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -76,6 +77,9 @@ def test_bench_cli_writes_a_measured_report(tiny_model, tmp_path):
         assert run["label"] in md
     assert "nan" not in md.lower()
     assert "wrote" in result.output
+    if importlib.util.find_spec("matplotlib") is not None:  # the chart is optional; the dev extra installs it
+        png = (out / "report.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
 def test_wasm_startup_is_measured_in_fresh_processes():
