@@ -65,3 +65,16 @@ def assert_greedy_equal(ref_engine, engine, prompt: list[int], n: int, tol: floa
                 log.warning("%s: greedy near-tie at step %d (top-2 gap %.3g): %d vs %d", what, i, gap, a, b)
                 return
             pytest.fail(f"{what}: greedy token {i} differs: {a} vs {b} (top-2 gap {gap:.3g})")
+
+
+def assert_default_model_agrees(ref_engine, engine, ids: list[int], comparison: str, n_greedy: int, what: str) -> None:
+    """Logits at every position within tolerance, top-1 equal everywhere, greedy continuation equal."""
+    tol = TOLERANCE[comparison, DEFAULT_MODEL]
+    ref_engine.reset()
+    engine.reset()
+    expect = ref_engine.eval(ids, all_logits=True)  # (T, vocab)
+    got = engine.eval(ids, all_logits=True)
+    assert_logits_close(expect, got, tol, what)
+    agree = expect.argmax(axis=1) == got.argmax(axis=1)
+    assert agree.all(), f"{what}: top-1 differs at positions {np.flatnonzero(~agree).tolist()}"
+    assert_greedy_equal(ref_engine, engine, ids, n_greedy, tol, what)

@@ -18,9 +18,11 @@ from realm.engines.reference import ReferenceEngine
 from realm.errors import RealmError
 from realm.gguf import GGUFFile
 from realm.quants import GGMLType
+from realm.tokenizer import Tokenizer
 
 pytest.importorskip("gguf")
-from compare import DEFAULT_MODEL, TOLERANCE, assert_greedy_equal, assert_logits_close, types_for  # noqa: E402
+from compare import (TOLERANCE, assert_default_model_agrees, assert_greedy_equal,  # noqa: E402
+                     assert_logits_close, types_for)
 from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
 
 
@@ -143,13 +145,7 @@ PROMPTS = ["What is the capital of France?", "The quick brown fox", "def fibonac
 def default_engines(default_model):
     f = GGUFFile(default_model)
     config = ModelConfig.from_gguf(f)
-    try:
-        from realm.tokenizer import Tokenizer
-
-        encode = Tokenizer.from_gguf(f).encode
-    except ImportError:  # pragma: no cover - tokenizer not available
-        def encode(text):
-            return [2, 3689, 563, 506, 5279, 529, 7001, 236881]
+    encode = Tokenizer.from_gguf(f).encode
     ref = ReferenceEngine(f, config, n_ctx=64)  # dequantizes ~250 MB to ~1 GB of f32, once
     eng = NumbaEngine(f, config, n_ctx=64)
     yield ref, eng, encode
@@ -160,12 +156,4 @@ def default_engines(default_model):
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_default_model(default_engines, prompt):
     ref, eng, encode = default_engines
-    ids = encode(prompt)
-    ref.reset()
-    eng.reset()
-    expect = ref.eval(ids, all_logits=True)  # (T, vocab)
-    got = eng.eval(ids, all_logits=True)
-    assert_logits_close(expect, got, TOLERANCE["numba-vs-reference", DEFAULT_MODEL], f"default model {prompt!r}")
-    agree = expect.argmax(axis=1) == got.argmax(axis=1)
-    assert agree.all(), f"{prompt!r}: top-1 differs at positions {np.flatnonzero(~agree).tolist()}"
-    assert_greedy_equal(ref, eng, ids, N_GREEDY, TOLERANCE["numba-vs-reference", DEFAULT_MODEL], f"default model {prompt!r}")
+    assert_default_model_agrees(ref, eng, encode(prompt), "numba-vs-reference", N_GREEDY, f"default model {prompt!r}")

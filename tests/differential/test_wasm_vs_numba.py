@@ -26,7 +26,8 @@ except ImportError as e:  # pragma: no cover - only while the Numba engine is mi
 
 from realm.engines.wasm import WasmEngine  # noqa: E402
 from realm.host.store import ModelStore  # noqa: E402
-from compare import DEFAULT_MODEL, TOLERANCE, assert_greedy_equal, assert_logits_close, types_for  # noqa: E402
+from compare import (TOLERANCE, assert_default_model_agrees, assert_greedy_equal,  # noqa: E402
+                     assert_logits_close, types_for)
 from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
 
 
@@ -154,13 +155,5 @@ def default_engines(default_model):
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_default_model(default_engines, prompt):
     ref, eng, encode = default_engines
-    ids = encode(prompt)
-    ref.reset()
-    eng.reset()
-    expect = ref.eval(ids, all_logits=True)  # (T, vocab)
-    got = eng.eval(ids, all_logits=True)
-    assert_logits_close(expect, got, TOLERANCE["wasm-vs-numba", DEFAULT_MODEL], f"default model {prompt!r}")
-    agree = expect.argmax(axis=1) == got.argmax(axis=1)
-    assert agree.all(), f"{prompt!r}: top-1 differs at positions {np.flatnonzero(~agree).tolist()}"
-    assert_greedy_equal(ref, eng, ids, 4, TOLERANCE["wasm-vs-numba", DEFAULT_MODEL], f"default model {prompt!r}")
+    assert_default_model_agrees(ref, eng, encode(prompt), "wasm-vs-numba", 4, f"default model {prompt!r}")
     assert eng.guest.memory_size <= 64 << 20
