@@ -78,3 +78,16 @@ def assert_default_model_agrees(ref_engine, engine, ids: list[int], comparison: 
     agree = expect.argmax(axis=1) == got.argmax(axis=1)
     assert agree.all(), f"{what}: top-1 differs at positions {np.flatnonzero(~agree).tolist()}"
     assert_greedy_equal(ref_engine, engine, ids, n_greedy, tol, what)
+
+
+def assert_bits_equal(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
+    """float32 arrays equal bit for bit, except that any NaN matches any NaN; names the first mismatch."""
+    got = np.asarray(got, dtype=np.float32).reshape(-1)
+    want = np.asarray(want, dtype=np.float32).reshape(-1)
+    assert got.shape == want.shape, what
+    diff = got.view(np.uint32) != want.view(np.uint32)
+    diff &= ~(np.isnan(got) & np.isnan(want))
+    if diff.any():
+        i = int(np.argmax(diff))
+        pytest.fail(f"{what}: {int(diff.sum())} of {got.size} values differ; first at {i}: got {got[i]!r} "
+                    f"(0x{got.view(np.uint32)[i]:08x}), want {want[i]!r} (0x{want.view(np.uint32)[i]:08x})")

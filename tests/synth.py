@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realm.quants import LAYOUTS, QK_K, GGMLType, block_size_and_bytes
+from realm.quants import LAYOUTS, QK_K, GGMLType, block_size_and_bytes, field_offsets
 
 gguf = pytest.importorskip("gguf")
 
@@ -216,3 +216,38 @@ def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_lay
 def kquant_dims() -> dict[str, int]:
     """Dimensions valid for every type, k-quants included (rows of multiples of QK_K)."""
     return dict(dim=QK_K, hidden_dim=2 * QK_K, n_heads=4, n_kv_heads=2, head_dim=64)
+
+
+def random_blocks(t: GGMLType, nb: int, rng: np.random.Generator) -> np.ndarray:
+    """nb random blocks (nb, type_size) uint8 whose scale fields are random *finite* values.
+
+    Quant values and packed scales are random bytes; f16 scales are random finite f16 bit patterns
+    (subnormals included), Q8_K's f32 d a random normal value of random magnitude.
+    Float types (block of one element) stay fully random, NaNs and infs included.
+    """
+    layout = LAYOUTS[t]
+    blocks = rng.integers(0, 256, size=(nb, layout.type_size), dtype=np.uint8)  # (nb, type_size)
+    if layout.block_size == 1:
+        return blocks
+    offsets = field_offsets(t)
+    for name, dtype, count in layout.fields:
+        o = offsets[name]
+        if dtype == "f16":
+            h = rng.integers(0, 0x10000, size=(nb, count), dtype=np.uint16)
+            h[(h & 0x7C00) == 0x7C00] &= 0xBFFF  # exponent all ones (inf/nan) -> finite
+            blocks[:, o:o + 2 * count] = h.astype("<u2").view(np.uint8).reshape(nb, -1)
+        elif dtype == "f32":
+            v = rng.standard_normal((nb, count)) * 10.0 ** rng.uniform(-6, 6, size=(nb, count))
+            blocks[:, o:o + 4 * count] = v.astype("<f4").view(np.uint8).reshape(nb, -1)
+    return blocks
+
+
+def differential_kwargs(arch: str, qtype: GGMLType) -> dict:
+    """make_model options the differential tests use: k-quant dims, partial rotary (llama),
+    linear RoPE scaling on the global layer (gemma3)."""
+    kwargs = kquant_dims() if qtype in K_QUANTS else {}
+    if arch == "llama":
+        kwargs["rope_dim"] = kwargs.get("head_dim", 16) // 2  # partial rotary exercises the unrotated tail
+    else:
+        kwargs["rope_scaling"] = 2.0
+    return kwargs

@@ -23,7 +23,7 @@ from realm.tokenizer import Tokenizer
 pytest.importorskip("gguf")
 from compare import (TOLERANCE, assert_default_model_agrees, assert_greedy_equal,  # noqa: E402
                      assert_logits_close, types_for)
-from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
+from synth import differential_kwargs, make_model  # noqa: E402
 
 
 PROMPT = [1, 5, 9, 100, 200, 7, 3, 4, 5, 6, 7, 8]  # 12 > sliding window 4 of the gemma3 models
@@ -33,14 +33,6 @@ N_GREEDY_SYNTH = 4
 
 
 # --- synthetic models ------------------------------------------------------------------------------
-
-def _model_kwargs(arch: str, qtype: GGMLType) -> dict:
-    kwargs = kquant_dims() if qtype in K_QUANTS else {}
-    if arch == "llama":
-        kwargs["rope_dim"] = kwargs.get("head_dim", 16) // 2  # partial rotary exercises the unrotated tail
-    else:
-        kwargs["rope_scaling"] = 2.0  # linear scaling on the global layer
-    return kwargs
 
 
 def _threads(arch: str, qtype: GGMLType) -> int:
@@ -57,7 +49,7 @@ def synth_dir(tmp_path_factory):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_synthetic_model(synth_dir, arch, qtype):
     path = make_model(synth_dir / f"{arch}-{qtype.name}.gguf", arch=arch, qtype=qtype, seed=int(qtype),
-                      **_model_kwargs(arch, qtype))
+                      **differential_kwargs(arch, qtype))
     tol = TOLERANCE["numba-vs-reference", qtype]
     with GGUFFile(path) as f:
         config = ModelConfig.from_gguf(f)

@@ -28,21 +28,12 @@ from realm.engines.wasm import WasmEngine  # noqa: E402
 from realm.host.store import ModelStore  # noqa: E402
 from compare import (TOLERANCE, assert_default_model_agrees, assert_greedy_equal,  # noqa: E402
                      assert_logits_close, types_for)
-from synth import K_QUANTS, kquant_dims, make_model  # noqa: E402
+from synth import differential_kwargs, kquant_dims, make_model  # noqa: E402
 
 
 PROMPT = [1, 5, 9, 100, 200, 7, 3, 4, 5, 6, 7, 8]  # 12 > sliding window 4 of the gemma3 models
 N_PREFILL = 5
 N_GREEDY = 8
-
-
-def _model_kwargs(arch: str, qtype: GGMLType) -> dict:
-    kwargs = kquant_dims() if qtype in K_QUANTS else {}
-    if arch == "llama":
-        kwargs["rope_dim"] = kwargs.get("head_dim", 16) // 2  # partial rotary
-    else:
-        kwargs["rope_scaling"] = 2.0  # linear scaling on the global layer
-    return kwargs
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +45,7 @@ def synth_dir(tmp_path_factory):
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_synthetic_model(synth_dir, arch, qtype):
     path = make_model(synth_dir / f"{arch}-{qtype.name}.gguf", arch=arch, qtype=qtype, seed=int(qtype),
-                      **_model_kwargs(arch, qtype))
+                      **differential_kwargs(arch, qtype))
     tol = TOLERANCE["wasm-vs-numba", qtype]
     store = ModelStore()
     with GGUFFile(path) as f:

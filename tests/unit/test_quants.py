@@ -7,52 +7,17 @@ import numpy as np
 import pytest
 
 from realm.errors import UnsupportedError
-from realm.quants import (FOREIGN_SIZES, LAYOUTS, QK_K, SUPPORTED, GGMLType, block_size_and_bytes,
+from realm.quants import (LAYOUTS, QK_K, SUPPORTED, GGMLType, block_size_and_bytes,
                           dequantize_ref, field_offsets, get_scale_min_k4)
 
 gguf = pytest.importorskip("gguf")
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType  # noqa: E402
 from gguf.quants import dequantize as gguf_dequantize  # noqa: E402
+from compare import assert_bits_equal  # noqa: E402
+from synth import random_blocks  # noqa: E402
 
 SUPPORTED_TYPES = sorted(SUPPORTED)
 GGUF_DEQUANTIZES = [t for t in SUPPORTED_TYPES if t != GGMLType.Q8_K]  # gguf-py has no Q8_K
-
-
-def random_blocks(t: GGMLType, nb: int, rng: np.random.Generator) -> np.ndarray:
-    """nb random blocks (nb, type_size) uint8 whose scale fields are random *finite* values.
-
-    Quant values and packed scales are random bytes; f16 scales are random finite f16 bit patterns
-    (subnormals included), Q8_K's f32 d a random normal value of random magnitude.
-    Float types (block of one element) stay fully random, NaNs and infs included.
-    """
-    layout = LAYOUTS[t]
-    blocks = rng.integers(0, 256, size=(nb, layout.type_size), dtype=np.uint8)  # (nb, type_size)
-    if layout.block_size == 1:
-        return blocks
-    offsets = field_offsets(t)
-    for name, dtype, count in layout.fields:
-        o = offsets[name]
-        if dtype == "f16":
-            h = rng.integers(0, 0x10000, size=(nb, count), dtype=np.uint16)
-            h[(h & 0x7C00) == 0x7C00] &= 0xBFFF  # exponent all ones (inf/nan) -> finite
-            blocks[:, o:o + 2 * count] = h.astype("<u2").view(np.uint8).reshape(nb, -1)
-        elif dtype == "f32":
-            v = rng.standard_normal((nb, count)) * 10.0 ** rng.uniform(-6, 6, size=(nb, count))
-            blocks[:, o:o + 4 * count] = v.astype("<f4").view(np.uint8).reshape(nb, -1)
-    return blocks
-
-
-def assert_bits_equal(got: np.ndarray, want: np.ndarray) -> None:
-    """float32 arrays equal bit for bit, except that any NaN matches any NaN; names the first mismatch."""
-    got = np.asarray(got, dtype=np.float32).reshape(-1)
-    want = np.asarray(want, dtype=np.float32).reshape(-1)
-    assert got.shape == want.shape
-    diff = got.view(np.uint32) != want.view(np.uint32)
-    diff &= ~(np.isnan(got) & np.isnan(want))
-    if diff.any():
-        i = int(np.argmax(diff))
-        pytest.fail(f"{int(diff.sum())} of {got.size} values differ; first at {i}: got {got[i]!r} "
-                    f"(0x{got.view(np.uint32)[i]:08x}), want {want[i]!r} (0x{want.view(np.uint32)[i]:08x})")
 
 
 # --- the layout table ------------------------------------------------------------------------
