@@ -23,6 +23,11 @@ pub const ERR_CONTEXT_FULL: i32 = -22;
 pub const ERR_BAD_CONFIG: i32 = -23;
 pub const ERR_BAD_TOKEN: i32 = -24;
 
+/// `realm_eval` modes.
+pub const EVAL_LAST: i32 = 0;
+pub const EVAL_ALL: i32 = 1;
+pub const EVAL_HIDDEN: i32 = 2;
+
 /// `TensorInfo` as the host writes it (48 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]

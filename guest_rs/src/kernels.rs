@@ -442,18 +442,19 @@ pub fn dot_bf16_simd(row: &[u8], x: &[f32]) -> f32 {
     sum
 }
 
-/// The 5th bits of a Q5 block as two byte masks (0x10 where set) for elements 0..16 and 16..32.
+/// What a Q5_0 block's 5th bits take off its nibbles, for elements 0..16 and 16..32: 16 where the
+/// bit is clear, 0 where set (value = nibble | bit << 4 - 16 = nibble - offset). Constant shuffles
+/// (one pshufb each) and an equality test keep this to 9 instructions under Cranelift.
 #[inline(always)]
-unsafe fn q5_high_bits(qh: &[u8; 4]) -> (v128, v128) {
+unsafe fn q5_offsets(qh: &[u8; 4]) -> (v128, v128) {
     let h = u32x4_splat(u32::from_le_bytes(*qh));
     let bit = u8x16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
-    let lo = i8x16_swizzle(h, u8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-    let hi = i8x16_swizzle(h, u8x16(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
-    let ten = u8x16_splat(0x10);
-    let zero = u8x16_splat(0);
+    let lo = i8x16_shuffle::<0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1>(h, h);
+    let hi = i8x16_shuffle::<2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3>(h, h);
+    let sixteen = u8x16_splat(0x10);
     (
-        v128_and(i8x16_ne(v128_and(lo, bit), zero), ten),
-        v128_and(i8x16_ne(v128_and(hi, bit), zero), ten),
+        v128_andnot(sixteen, i8x16_eq(v128_and(lo, bit), bit)),
+        v128_andnot(sixteen, i8x16_eq(v128_and(hi, bit), bit)),
     )
 }
 
@@ -619,14 +620,71 @@ fn dot_tokens4_blocks32<B>(
     }
 }
 
+/// Integer partial sums (i32x4) of 32 signed values given as two i8x16 with the block's four
+/// int16 activation vectors.
+#[inline(always)]
+fn isum_i8x16x2(w0: v128, w1: v128, xv: &[v128; 4]) -> v128 {
+    i32x4_add(
+        i32x4_add(
+            i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), xv[0]),
+            i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), xv[1]),
+        ),
+        i32x4_add(
+            i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), xv[2]),
+            i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), xv[3]),
+        ),
+    )
+}
+
+/// Integer partial sums of a Q5_0 block with its activations, in 16-bit lanes throughout: byte j
+/// holds elements j (low nibble) and j + 16 (high nibble), so zero-extending 8 bytes to u16 and
+/// masking/shifting gives elements 0..8 and 16..24 (then 8..16, 24..32) with native 16-bit ops.
+/// The 5th bits enter as Σ_{bit clear} -16 x: a 16-bit lane mask (-1 where the bit is clear)
+/// dotted with x. Exactly Σ (q - 16) x, as `isum_i8x16x2` on the unpacked values.
+#[inline(always)]
+unsafe fn isum_q5_0(b: &BlockQ5_0, xv: &[v128; 4]) -> v128 {
+    let v = load(b.qs.as_ptr());
+    let qh = u32::from_le_bytes(b.qh);
+    let m4 = u16x8_splat(0x0F);
+    let v_lo = u16x8_extend_low_u8x16(v); // bytes 0..8
+    let v_hi = u16x8_extend_high_u8x16(v); // bytes 8..16
+    let nib = i32x4_add(
+        i32x4_add(
+            i32x4_dot_i16x8(v128_and(v_lo, m4), xv[0]),
+            i32x4_dot_i16x8(v128_and(v_hi, m4), xv[1]),
+        ),
+        i32x4_add(
+            i32x4_dot_i16x8(u16x8_shr(v_lo, 4), xv[2]),
+            i32x4_dot_i16x8(u16x8_shr(v_hi, 4), xv[3]),
+        ),
+    );
+    let b_lo = u16x8(1, 2, 4, 8, 16, 32, 64, 128);
+    let b_hi = u16x8(256, 512, 1024, 2048, 4096, 8192, 16384, 32768);
+    let zero = u16x8_splat(0);
+    let h0 = u16x8_splat(qh as u16); // bits of elements 0..16
+    let h1 = u16x8_splat((qh >> 16) as u16); // elements 16..32
+    let clear = i32x4_add(
+        i32x4_add(
+            i32x4_dot_i16x8(i16x8_eq(v128_and(h0, b_lo), zero), xv[0]),
+            i32x4_dot_i16x8(i16x8_eq(v128_and(h0, b_hi), zero), xv[1]),
+        ),
+        i32x4_add(
+            i32x4_dot_i16x8(i16x8_eq(v128_and(h1, b_lo), zero), xv[2]),
+            i32x4_dot_i16x8(i16x8_eq(v128_and(h1, b_hi), zero), xv[3]),
+        ),
+    );
+    i32x4_add(nib, i32x4_shl(clear, 4))
+}
+
 /// SIMD128 dot of four rows of 32-element blocks with one token's XQ (decode): the activation
 /// block is loaded once for the four rows, their integer sums reduced into one vector and scaled
-/// by the rows' `d` times `dx` in one multiply. `unpack` gives a block's 32 signed values.
+/// by the rows' `d` times `dx` in one multiply. `isum` gives a block's integer partial sums with
+/// the activation vectors (elements 0..8, 8..16, 16..24, 24..32).
 #[inline(always)]
 fn dot_rows4_blocks32<B>(
     rows: [&[B]; 4],
     x: &XQ,
-    unpack: impl Fn(&B) -> (v128, v128),
+    isum: impl Fn(&B, &[v128; 4]) -> v128,
     d_bits: impl Fn(&B) -> u16,
 ) -> [f32; 4] {
     let nb = rows.iter().map(|r| r.len()).min().unwrap_or(0).min(x.d.len());
@@ -640,26 +698,13 @@ fn dot_rows4_blocks32<B>(
                 v128_load(px.add(16) as *const v128),
                 v128_load(px.add(24) as *const v128),
             ];
-            let isum = |b: &B| {
-                let (w0, w1) = unpack(b);
-                i32x4_add(
-                    i32x4_add(
-                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w0), xv[0]),
-                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w0), xv[1]),
-                    ),
-                    i32x4_add(
-                        i32x4_dot_i16x8(i16x8_extend_low_i8x16(w1), xv[2]),
-                        i32x4_dot_i16x8(i16x8_extend_high_i8x16(w1), xv[3]),
-                    ),
-                )
-            };
             let (c0, c1, c2, c3) = (
                 rows[0].get_unchecked(i),
                 rows[1].get_unchecked(i),
                 rows[2].get_unchecked(i),
                 rows[3].get_unchecked(i),
             );
-            let s = hsum4_i32(isum(c0), isum(c1), isum(c2), isum(c3));
+            let s = hsum4_i32(isum(c0, &xv), isum(c1, &xv), isum(c2, &xv), isum(c3, &xv));
             let d = f16x4_to_f32x4(u32x4(
                 d_bits(c0) as u32,
                 d_bits(c1) as u32,
@@ -689,36 +734,23 @@ pub fn dot_rows4_simd(t: GgmlType, rows: [&[u8]; 4], x: &XQ) -> Option<[f32; 4]>
             GgmlType::Q8_0 => dot_rows4_blocks32(
                 rows.map(as_blocks::<BlockQ8_0>),
                 x,
-                |b| {
+                |b, xv| {
                     let q = b.qs.as_ptr() as *const u8;
-                    (load(q), load(q.add(16)))
+                    isum_i8x16x2(load(q), load(q.add(16)), xv)
                 },
                 |b| b.d,
             ),
             GgmlType::Q4_0 => dot_rows4_blocks32(
                 rows.map(as_blocks::<BlockQ4_0>),
                 x,
-                |b| {
+                |b, xv| {
                     let v = load(b.qs.as_ptr());
                     let eight = i8x16_splat(8);
-                    (i8x16_sub(v128_and(v, m4), eight), i8x16_sub(u8x16_shr(v, 4), eight))
+                    isum_i8x16x2(i8x16_sub(v128_and(v, m4), eight), i8x16_sub(u8x16_shr(v, 4), eight), xv)
                 },
                 |b| b.d,
             ),
-            GgmlType::Q5_0 => dot_rows4_blocks32(
-                rows.map(as_blocks::<BlockQ5_0>),
-                x,
-                |b| {
-                    let v = load(b.qs.as_ptr());
-                    let (h0, h1) = q5_high_bits(&b.qh);
-                    let sixteen = i8x16_splat(16);
-                    (
-                        i8x16_sub(v128_or(v128_and(v, m4), h0), sixteen),
-                        i8x16_sub(v128_or(u8x16_shr(v, 4), h1), sixteen),
-                    )
-                },
-                |b| b.d,
-            ),
+            GgmlType::Q5_0 => dot_rows4_blocks32(rows.map(as_blocks::<BlockQ5_0>), x, |b, xv| isum_q5_0(b, xv), |b| b.d),
             _ => return None,
         })
     }
@@ -753,12 +785,8 @@ pub fn dot_tokens4_simd(t: GgmlType, row: &[u8], xs: &[XQ; 4]) -> Option<[f32; 4
                 xs,
                 |b| {
                     let v = load(b.qs.as_ptr());
-                    let (h0, h1) = q5_high_bits(&b.qh);
-                    let sixteen = i8x16_splat(16);
-                    (
-                        i8x16_sub(v128_or(v128_and(v, m4), h0), sixteen),
-                        i8x16_sub(v128_or(u8x16_shr(v, 4), h1), sixteen),
-                    )
+                    let (o0, o1) = q5_offsets(&b.qh);
+                    (i8x16_sub(v128_and(v, m4), o0), i8x16_sub(u8x16_shr(v, 4), o1))
                 },
                 |b| b.d,
             ),
@@ -945,14 +973,13 @@ pub fn dot_q5_0_simd(row: &[u8], x: &XQ) -> f32 {
     unsafe {
         let mut acc = f32x4_splat(0.0);
         let m4 = u8x16_splat(0x0F);
-        let sixteen = i8x16_splat(16);
         for i in 0..nb {
             let b = &blocks[i];
             let px = x.q.as_ptr().add(i * QK5_0);
             let v = load(b.qs.as_ptr());
-            let (h0, h1) = q5_high_bits(&b.qh);
-            let lo = i8x16_sub(v128_or(v128_and(v, m4), h0), sixteen);
-            let hi = i8x16_sub(v128_or(u8x16_shr(v, 4), h1), sixteen);
+            let (o0, o1) = q5_offsets(&b.qh);
+            let lo = i8x16_sub(v128_and(v, m4), o0);
+            let hi = i8x16_sub(u8x16_shr(v, 4), o1);
             let s = i32x4_add(idot_i8x16(lo, px), idot_i8x16(hi, px.add(16)));
             acc = f32x4_add(
                 acc,

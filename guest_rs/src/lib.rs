@@ -28,10 +28,30 @@ pub extern "C" fn realm_init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
     model::init(model_id, n_ctx, budget)
 }
 
-/// Append tokens to the KV cache and compute logits (last position, or all).
+/// Build a logits shard of `model_id`: computes rows of the output matrix for a hidden state
+/// the host writes at `realm_hidden_ptr` (no layers, no KV cache; `realm_eval` fails).
 #[no_mangle]
-pub extern "C" fn realm_eval(tokens_ptr: i32, n_tokens: i32, all_logits: i32) -> i32 {
-    model::eval(tokens_ptr, n_tokens, all_logits)
+pub extern "C" fn realm_init_shard(model_id: i64, budget: i32) -> i32 {
+    model::init_shard(model_id, budget)
+}
+
+/// Append tokens to the KV cache; mode 0: logits of the last position, 1: of every position,
+/// 2: only the last position's final hidden state (see `realm_logits_rows`).
+#[no_mangle]
+pub extern "C" fn realm_eval(tokens_ptr: i32, n_tokens: i32, mode: i32) -> i32 {
+    model::eval(tokens_ptr, n_tokens, mode)
+}
+
+/// Address of the (dim,) f32 hidden state the output matrix multiplies (after the final norm).
+#[no_mangle]
+pub extern "C" fn realm_hidden_ptr() -> i32 {
+    model::hidden_ptr()
+}
+
+/// Logits rows [row0, row1) of the hidden state into the logits buffer (at their own indices).
+#[no_mangle]
+pub extern "C" fn realm_logits_rows(row0: i32, row1: i32) -> i32 {
+    model::logits_rows(row0, row1)
 }
 
 /// Address of the logits of the last `realm_eval`.

@@ -282,6 +282,26 @@ impl Weights {
         tmp: &mut [f32],
         xqb: &mut XQBuf,
     ) -> Res<()> {
+        self.matmul_rows(m, 0, m.rows, x, nt, out, out_stride, tmp, xqb)
+    }
+
+    /// out[t * out_stride + (r - r0)] = m[r] · x[t] for rows r0 <= r < r1 and t < nt. Rows are
+    /// multiplied in groups of four counted from row 0 of the matrix whatever r0 (a multiple of 4)
+    /// and the chunk size, so a row's result does not depend on how the rows were split.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_rows(
+        &mut self,
+        m: &Matrix,
+        r0: usize,
+        r1: usize,
+        x: &[f32],
+        nt: usize,
+        out: &mut [f32],
+        out_stride: usize,
+        tmp: &mut [f32],
+        xqb: &mut XQBuf,
+    ) -> Res<()> {
+        let rb = m.row_bytes;
         if let Some(s) = m.slot {
             let slot = &mut self.cache[s];
             if !slot.loaded {
@@ -294,8 +314,8 @@ impl Weights {
             }
             kernels::matmul(
                 m.ggml_type,
-                &slot.data,
-                m.rows,
+                &slot.data[r0 * rb..r1 * rb],
+                r1 - r0,
                 m.cols,
                 x,
                 nt,
@@ -307,14 +327,15 @@ impl Weights {
             return Ok(());
         }
         stats().cache_misses += 1;
-        let rows_per_chunk = (self.chunk.len() / m.row_bytes).max(1);
-        let mut r0 = 0;
-        while r0 < m.rows {
-            let n = rows_per_chunk.min(m.rows - r0);
-            let buf = &mut self.chunk[..n * m.row_bytes];
-            fetch(self.model_id, m.handle, r0 as u64 * m.row_bytes as u64, buf)?;
-            kernels::matmul(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r0..], out_stride, tmp, xqb);
-            r0 += n;
+        let fit = (self.chunk.len() / rb).max(1);
+        let rows_per_chunk = if fit >= 4 { fit / 4 * 4 } else { fit };
+        let mut r = r0;
+        while r < r1 {
+            let n = rows_per_chunk.min(r1 - r);
+            let buf = &mut self.chunk[..n * rb];
+            fetch(self.model_id, m.handle, r as u64 * rb as u64, buf)?;
+            kernels::matmul(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r - r0..], out_stride, tmp, xqb);
+            r += n;
         }
         Ok(())
     }
@@ -380,6 +401,7 @@ struct Engine {
     output: Matrix,        // (vocab_size, dim); token_embd when tied
     output_norm: Vec<f32>, // (dim,)
     a: Acts,
+    hidden: Vec<f32>,     // (dim,) last position after output_norm: the output matrix's input
     logits: Vec<f32>,     // (vocab_size,) last position
     all_logits: Vec<f32>, // (n_tokens, vocab_size) when asked for every position
     use_all: bool,
@@ -469,7 +491,9 @@ fn optional_vector(want: bool, model_id: i64, name: &str, n: usize, budget: usiz
 }
 
 impl Engine {
-    fn new(model_id: i64, n_ctx: usize, budget: usize) -> Res<Engine> {
+    /// `shard`: a logits shard (`realm_init_shard`): no layers, no KV cache, no sampler buffers;
+    /// only the output matrix, `hidden` (written by the host) and `logits`.
+    fn new(model_id: i64, n_ctx: usize, budget: usize, shard: bool) -> Res<Engine> {
         let mut raw = [0u8; CONFIG_BYTES];
         stats().host_calls += 1;
         let rc = host::get_config(model_id, &mut raw);
@@ -506,8 +530,9 @@ impl Engine {
         };
         let output_norm = vector(model_id, "output_norm.weight", dim, budget)?;
         let mut layers = Vec::new();
-        layers.try_reserve_exact(cfg.n_layers).map_err(|_| ERR_OOM)?;
-        for il in 0..cfg.n_layers {
+        let n_layers = if shard { 0 } else { cfg.n_layers };
+        layers.try_reserve_exact(n_layers).map_err(|_| ERR_OOM)?;
+        for il in 0..n_layers {
             let name = |s: &str| format!("blk.{}.{}.weight", il, s);
             let sliding = cfg.layer_is_sliding(il);
             let kv_cap = kv_capacity(&cfg, il, n_ctx);
@@ -544,7 +569,7 @@ impl Engine {
             + 3 * max_cols
             + token_embd.row_bytes
             + 24;
-        let n_batch = (budget / 8 / per_token).clamp(1, MAX_BATCH).min(n_ctx);
+        let n_batch = (budget / 8 / per_token).clamp(1, MAX_BATCH).min(n_ctx.max(1));
         let a = Acts {
             x: try_vec(n_batch * dim, 0f32, budget)?,
             xb: try_vec(n_batch * dim, 0f32, budget)?,
@@ -565,10 +590,12 @@ impl Engine {
             embd: try_vec(n_batch * token_embd.row_bytes, 0u8, budget)?,
             reqs: try_vec(n_batch, ReadReq::default(), budget)?,
         };
+        let hidden_state = try_vec(dim, 0f32, budget)?;
         let logits = try_vec(vocab, 0f32, budget)?;
         let history = try_vec(n_ctx, 0i32, budget)?;
-        let sample_x = try_vec(vocab, 0f32, budget)?;
-        let sample_cand = try_vec(vocab, 0u32, budget)?;
+        let n_sample = if shard { 0 } else { vocab };
+        let sample_x = try_vec(n_sample, 0f32, budget)?;
+        let sample_cand = try_vec(n_sample, 0u32, budget)?;
         let sample_seen = try_vec(n_ctx, 0i32, budget)?;
 
         // streaming chunk: a whole number of rows of every matrix
@@ -586,7 +613,8 @@ impl Engine {
                 max_row = max_row.max(m.row_bytes);
             }
         }
-        let chunk_len = (budget / 16).clamp(MIN_CHUNK, MAX_CHUNK).max(max_row);
+        // a shard has nothing else to spend its budget on
+        let chunk_len = (budget / if shard { 4 } else { 16 }).clamp(MIN_CHUNK, MAX_CHUNK).max(max_row);
         let chunk = try_vec(chunk_len, 0u8, budget)?;
 
         let mut e = Engine {
@@ -604,6 +632,7 @@ impl Engine {
             output,
             output_norm,
             a,
+            hidden: hidden_state,
             logits,
             all_logits: Vec::new(),
             use_all: false,
@@ -614,7 +643,9 @@ impl Engine {
             sample_cand,
             sample_seen,
         };
-        e.plan_cache();
+        if !shard {
+            e.plan_cache();
+        }
         Ok(e)
     }
 
@@ -670,7 +701,10 @@ impl Engine {
         }
     }
 
-    fn eval(&mut self, tokens: &[i32], all_logits: bool) -> Res<()> {
+    /// Append `tokens`; `mode` EVAL_LAST: logits of the last position, EVAL_ALL: of every position,
+    /// EVAL_HIDDEN: only the last position's `hidden` (the host then asks for logit rows).
+    fn eval(&mut self, tokens: &[i32], mode: i32) -> Res<()> {
+        let all_logits = mode == EVAL_ALL;
         let n = tokens.len();
         if n == 0 {
             return Err(ERR_BAD_ARG);
@@ -694,7 +728,7 @@ impl Engine {
             let nt = self.n_batch.min(n - i);
             let batch = &tokens[i..i + nt];
             let last = i + nt == n;
-            if let Err(e) = self.forward(batch, start + i, all_logits, last, i) {
+            if let Err(e) = self.forward(batch, start + i, all_logits, last, i, mode == EVAL_LAST) {
                 // positions already written stay unused: n_past is unchanged
                 self.n_past = start;
                 return Err(e);
@@ -704,13 +738,38 @@ impl Engine {
         self.history[start..start + n].copy_from_slice(tokens);
         self.n_past = start + n;
         stats().n_past = self.n_past as u64;
+        self.have_logits = mode != EVAL_HIDDEN;
+        Ok(())
+    }
+
+    /// logits[r0..r1] = output[r0..r1] · hidden (softcapped); the other rows are left as they are.
+    fn logits_rows(&mut self, r0: usize, r1: usize) -> Res<()> {
+        if r0 > r1 || r1 > self.cfg.vocab_size {
+            return Err(ERR_BAD_ARG);
+        }
+        self.use_all = false;
+        release(&mut self.all_logits);
+        let dim = self.cfg.dim;
+        let out = &mut self.logits[r0..r1];
+        self.w.matmul_rows(
+            &self.output,
+            r0,
+            r1,
+            &self.hidden[..dim],
+            1,
+            out,
+            r1 - r0,
+            &mut self.a.tmp,
+            &mut self.a.xq,
+        )?;
+        softcap(out, self.cfg.final_logit_softcap);
         self.have_logits = true;
         Ok(())
     }
 
     /// Run `tokens` (at positions pos0..) through every layer; logits of every token into
     /// all_logits rows from `row0` (all) or of the last token into `logits` (last).
-    fn forward(&mut self, tokens: &[i32], pos0: usize, all: bool, last: bool, row0: usize) -> Res<()> {
+    fn forward(&mut self, tokens: &[i32], pos0: usize, all: bool, last: bool, row0: usize, logits: bool) -> Res<()> {
         let cfg = self.cfg;
         let nt = tokens.len();
         let (dim, hidden, q_dim, kv_dim, hd) = (cfg.dim, cfg.hidden_dim, cfg.q_dim(), cfg.kv_dim(), cfg.head_dim);
@@ -843,24 +902,21 @@ impl Engine {
                 &mut self.a.xq,
             )?;
             softcap(out, cfg.final_logit_softcap);
+            if last {
+                let t = nt - 1;
+                self.hidden[..dim].copy_from_slice(&self.a.xb[t * dim..(t + 1) * dim]);
+            }
         } else if last {
             let t = nt - 1;
             rmsnorm(
-                &mut self.a.xb[..dim],
+                &mut self.hidden[..dim],
                 &self.a.x[t * dim..(t + 1) * dim],
                 &self.output_norm,
                 cfg.norm_eps,
             );
-            self.w.matmul(
-                &self.output,
-                &self.a.xb[..dim],
-                1,
-                &mut self.logits,
-                cfg.vocab_size,
-                &mut self.a.tmp,
-                &mut self.a.xq,
-            )?;
-            softcap(&mut self.logits, cfg.final_logit_softcap);
+            if logits {
+                self.logits_rows(0, cfg.vocab_size)?;
+            }
         }
         Ok(())
     }
@@ -1030,7 +1086,18 @@ fn code(r: Res<()>) -> i32 {
 }
 
 pub fn init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
-    if model_id <= 0 || n_ctx <= 0 || budget == 0 {
+    if n_ctx <= 0 {
+        return ERR_BAD_ARG;
+    }
+    build(model_id, n_ctx as usize, budget, false)
+}
+
+pub fn init_shard(model_id: i64, budget: i32) -> i32 {
+    build(model_id, 0, budget, true)
+}
+
+fn build(model_id: i64, n_ctx: usize, budget: i32, shard: bool) -> i32 {
+    if model_id <= 0 || budget == 0 {
         return ERR_BAD_ARG;
     }
     unsafe {
@@ -1045,7 +1112,7 @@ pub fn init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
         };
     }
     let budget = budget as u32 as usize;
-    match Engine::new(model_id, n_ctx as usize, budget) {
+    match Engine::new(model_id, n_ctx, budget, shard) {
         Ok(e) => {
             unsafe { ENGINE = Some(Box::new(e)) }; // the struct is small; its buffers are allocated
             mem_bytes();
@@ -1058,12 +1125,12 @@ pub fn init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
     }
 }
 
-pub fn eval(tokens_ptr: i32, n_tokens: i32, all_logits: i32) -> i32 {
+pub fn eval(tokens_ptr: i32, n_tokens: i32, mode: i32) -> i32 {
     let e = match engine() {
         Ok(e) => e,
         Err(c) => return c,
     };
-    if n_tokens <= 0 || tokens_ptr as u32 % 4 != 0 {
+    if n_tokens <= 0 || tokens_ptr as u32 % 4 != 0 || !(EVAL_LAST..=EVAL_HIDDEN).contains(&mode) {
         return ERR_BAD_ARG;
     }
     let n = n_tokens as usize;
@@ -1072,7 +1139,27 @@ pub fn eval(tokens_ptr: i32, n_tokens: i32, all_logits: i32) -> i32 {
         None => return ERR_BOUNDS,
     };
     let tokens = unsafe { core::slice::from_raw_parts(p as *const i32, n) };
-    let r = code(e.eval(tokens, all_logits != 0));
+    let r = code(e.eval(tokens, mode));
+    mem_bytes();
+    r
+}
+
+pub fn hidden_ptr() -> i32 {
+    match engine() {
+        Ok(e) => e.hidden.as_ptr() as usize as i32,
+        Err(_) => 0,
+    }
+}
+
+pub fn logits_rows(row0: i32, row1: i32) -> i32 {
+    let e = match engine() {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    if row0 < 0 || row1 < 0 {
+        return ERR_BAD_ARG;
+    }
+    let r = code(e.logits_rows(row0 as usize, row1 as usize));
     mem_bytes();
     r
 }
@@ -1094,8 +1181,8 @@ pub fn sample(params_ptr: i32) -> i32 {
         Some(p) => p,
         None => return ERR_BOUNDS,
     };
-    if !e.have_logits {
-        return ERR_NOT_INIT;
+    if !e.have_logits || e.sample_x.len() < e.cfg.vocab_size {
+        return ERR_NOT_INIT; // no logits yet, or a shard (no sampler buffers)
     }
     let mut params: SampleParams = unsafe { core::ptr::read_unaligned(p as *const SampleParams) };
     let n_past = e.n_past;

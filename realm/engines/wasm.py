@@ -3,12 +3,20 @@
 The model goes into a `ModelStore` (mapped once, shared by every guest); the guest holds a
 reference, reads weights through the host functions of docs/abi.md and keeps its KV cache and a
 tensor cache inside a linear memory capped by `memory_budget`.
+
+A guest is single-threaded. With `threads` > 1 the engine adds `threads - 1` logits shards: more
+instances of the same guest, each in its own sandbox, that compute a share of the output matrix's
+rows (the biggest matrix of a small model: 178 of 253 MB of Gemma 3 270M) in parallel threads
+while the main guest computes the rest. The host passes the main guest's final hidden state (dim
+floats) to each shard and copies the shards' logit rows back; every row is computed by the same
+kernel on the same input whoever computes it, so the logits are bit-identical for any `threads`.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,8 +28,24 @@ from realm.host.runtime import DEFAULT_BUDGET, DEFAULT_TIMEOUT, Guest
 from realm.host.store import ModelStore, default_store
 
 MAX_BATCH = 64  # positions per realm_eval call
+EVAL_LAST, EVAL_ALL, EVAL_HIDDEN = 0, 1, 2  # realm_eval modes
+MAX_DEFAULT_THREADS = 4
+MIN_SHARD_OUTPUT_BYTES = 8 << 20  # by default, no shards for output matrices smaller than this
+MIN_MAIN_BUDGET = 16 << 20  # shards are left out rather than squeeze the main guest below this
 LOGITS_SHARE = 8  # all_logits chunks use at most budget / LOGITS_SHARE bytes of logits
 TIMEOUT_SCALE_BYTES = 512 << 20  # DEFAULT_TIMEOUT covers models up to this much tensor data
+
+
+def default_threads() -> int:
+    """Guest instances per engine by default: the machine's cores, at most MAX_DEFAULT_THREADS."""
+    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_THREADS))
+
+
+def shard_budget(vocab_size: int) -> int:
+    """Memory of one logits shard: the guest image and stack (~1.1 MiB), a 1 MiB streaming chunk,
+    the (vocab,) logits, allocator slack (1 MiB) and small buffers, rounded up to 1 MiB."""
+    need = (4 << 20) + 4 * int(vocab_size)
+    return -(-need // (1 << 20)) * (1 << 20)
 
 
 def default_timeout(tensor_bytes: int) -> float:
@@ -45,12 +69,17 @@ class WasmEngine:
         None: unlimited.
     wasm : another guest module (bytes, path) instead of the shipped one.
     max_read_bytes : the tenant's total read quota in bytes (default None: unlimited; the guest
-        streams the weights it cannot cache, so a decoded token can read the whole model).
+        streams the weights it cannot cache, so a decoded token can read the whole model). A quota
+        keeps the engine to one instance (the quota is the tenant's, not per instance).
+    threads : guest instances computing the output matrix in parallel (default: `default_threads()`,
+        reduced to 1 for an output matrix under 8 MiB). The shards' memory (`shard_budget`, 5 MiB for
+        a 262,144-token vocabulary) comes out of `memory_budget`, which stays the engine's total;
+        shards are dropped when the main guest would keep less than 16 MiB.
     """
 
     def __init__(self, gguf_file, config, n_ctx: int = 2048, memory_budget: int = DEFAULT_BUDGET,
                  store: ModelStore | None = None, timeout: float | str | None = "auto", wasm=None,
-                 max_read_bytes: int | None = None, **_ignored: Any):
+                 max_read_bytes: int | None = None, threads: int | None = None, **_ignored: Any):
         self.config = config
         self.n_ctx = int(n_ctx)
         self.memory_budget = int(memory_budget)
@@ -61,8 +90,15 @@ class WasmEngine:
         if timeout == "auto":
             timeout = default_timeout(_tensor_bytes(gguf_file))
         self.timeout = timeout
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise GuestError(f"threads must be a positive integer, got {threads!r}")
+        n_shards = self._plan_shards(gguf_file, config, threads)
+        self._shard_budget = shard_budget(config.vocab_size)
+        main_budget = self.memory_budget - n_shards * self._shard_budget
+        self._shards: list[Guest] = []
+        self._pool: ThreadPoolExecutor | None = None
         t0 = time.perf_counter()
-        self.guest = Guest(wasm, model_store=self.model_store, memory_budget=self.memory_budget,
+        self.guest = Guest(wasm, model_store=self.model_store, memory_budget=main_budget,
                            timeout=timeout, max_read_bytes=max_read_bytes)
         self.instantiate_seconds = time.perf_counter() - t0
         try:
@@ -71,7 +107,7 @@ class WasmEngine:
             if self.n_ctx <= 0:
                 raise GuestError(f"context size must be positive, got {self.n_ctx}")
             t1 = time.perf_counter()
-            rc = self.guest.call("realm_init", self.model_id, self.n_ctx, _i32(min(self.memory_budget, 0xFFFFFFFF)))
+            rc = self.guest.call("realm_init", self.model_id, self.n_ctx, _i32(min(main_budget, 0xFFFFFFFF)))
             self.init_seconds = time.perf_counter() - t1
             if rc == Err.ERR_OOM:
                 raise guest_error(
@@ -85,9 +121,48 @@ class WasmEngine:
             self._tok_ptr = self.guest.alloc(4 * self._tok_cap)
             self._params_ptr = self.guest.alloc(abi.SAMPLE_PARAMS.size)
             self._stats_ptr = self.guest.alloc(abi.GUEST_STATS.size)
+            for _ in range(n_shards):
+                self._shards.append(self._start_shard(gguf_file, wasm))
+            self.threads = 1 + len(self._shards)
+            self._ranges = _row_ranges(self._vocab, self.threads)
+            if self._shards:
+                self._pool = ThreadPoolExecutor(max_workers=len(self._shards), thread_name_prefix="realm-shard")
+                self._hidden_ptr = self.guest.call("realm_hidden_ptr") & 0xFFFFFFFF
         except BaseException:
-            self.guest.close()
+            self.close()
             raise
+
+    def _plan_shards(self, gguf_file, config, threads: int | None) -> int:
+        """How many logits shards this engine gets (see the class docstring)."""
+        if self.max_read_bytes is not None:
+            return 0
+        want = threads
+        if want is None:
+            want = default_threads()
+            tensors = getattr(gguf_file, "tensors", None) or {}
+            out = tensors.get("output.weight") or tensors.get("token_embd.weight")
+            if out is None or int(out.n_bytes) < MIN_SHARD_OUTPUT_BYTES:
+                want = 1
+        n = want - 1
+        while n > 0 and self.memory_budget - n * shard_budget(config.vocab_size) < MIN_MAIN_BUDGET:
+            n -= 1
+        return n
+
+    def _start_shard(self, gguf_file, wasm) -> Guest:
+        """One more guest instance holding the model, initialised as a logits shard."""
+        g = Guest(wasm, model_store=self.model_store, memory_budget=self._shard_budget, timeout=self.timeout,
+                  name=f"{self.guest.name}-shard")
+        try:
+            model_id = self.model_store.add(gguf_file, holder=g.holder, pin=False)
+            g.tenant.adopt(model_id, self.model_store.get(model_id))
+            rc = g.call("realm_init_shard", model_id, _i32(self._shard_budget))
+            if rc < 0:
+                raise guest_error("realm_init_shard failed", rc)
+            g.shard_hidden_ptr = g.call("realm_hidden_ptr") & 0xFFFFFFFF
+        except BaseException:
+            g.close()
+            raise
+        return g
 
     # -- evaluation ----------------------------------------------------------------------------------
 
@@ -104,21 +179,24 @@ class WasmEngine:
             raise guest_error(f"evaluating {n} token(s) after {self.n_past} exceeds the context of {self.n_ctx}",
                               Err.ERR_CONTEXT_FULL)
         if not all_logits:
+            mode = EVAL_HIDDEN if self._shards else EVAL_LAST
             for lo in range(0, n, self._tok_cap):
-                self._eval_chunk(ids[lo:lo + self._tok_cap], False)
+                self._eval_chunk(ids[lo:lo + self._tok_cap], mode)
+            if self._shards:
+                self._sharded_logits()
             return self._read_logits(1)[0]  # (vocab,)
         out = np.empty((n, self._vocab), dtype=np.float32)  # (n_tokens, vocab)
         step = max(1, min(self._tok_cap, self.memory_budget // LOGITS_SHARE // (4 * self._vocab), self._logits_step))
         lo = 0
         while lo < n:
             chunk = ids[lo:lo + step]
-            rc = self._eval_chunk(chunk, True, oom_ok=True)
+            rc = self._eval_chunk(chunk, EVAL_ALL, oom_ok=True)
             if rc == Err.ERR_OOM:  # no room for (step, vocab) logits next to the guest's caches
                 if step > 1:
                     step = self._logits_step = step // 2
                     continue
                 # last resort: one position at a time, logits of the last position only
-                self._eval_chunk(chunk[:1], False)
+                self._eval_chunk(chunk[:1], EVAL_LAST)
                 out[lo] = self._read_logits(1)[0]
                 lo += 1
                 continue
@@ -126,11 +204,11 @@ class WasmEngine:
             lo += chunk.shape[0]
         return out
 
-    def _eval_chunk(self, chunk: np.ndarray, all_logits: bool, oom_ok: bool = False) -> int:
+    def _eval_chunk(self, chunk: np.ndarray, mode: int, oom_ok: bool = False) -> int:
         """realm_eval on at most MAX_BATCH tokens; the guest leaves n_past unchanged on failure."""
         chunk = chunk.astype(np.int32)  # (chunk,)
         self.guest.write(self._tok_ptr, chunk)
-        rc = self.guest.call("realm_eval", self._tok_ptr, chunk.shape[0], 1 if all_logits else 0)
+        rc = self.guest.call("realm_eval", self._tok_ptr, chunk.shape[0], mode)
         if rc == Err.ERR_OOM and oom_ok:
             return rc
         if rc < 0:
@@ -142,6 +220,24 @@ class WasmEngine:
         self.n_past += chunk.shape[0]
         self._history.extend(int(t) for t in chunk)
         return rc
+
+    def _sharded_logits(self) -> None:
+        """Last-position logits computed by the main guest and the shards in parallel, gathered
+        into the main guest's logits buffer (where `realm_sample` reads them)."""
+        hidden = self.guest.read(self._hidden_ptr, 4 * self.config.dim)
+        futures = [self._pool.submit(_shard_rows, g, hidden, r0, r1)
+                   for g, (r0, r1) in zip(self._shards, self._ranges[1:])]
+        try:
+            r0, r1 = self._ranges[0]
+            rc = self.guest.call("realm_logits_rows", r0, r1)
+            if rc < 0:
+                raise guest_error("realm_logits_rows failed" + self._hint(rc), rc)
+            ptr = self.guest.call("realm_logits_ptr") & 0xFFFFFFFF
+            for f, (a, _) in zip(futures, self._ranges[1:]):
+                self.guest.write(ptr + 4 * a, f.result())
+        finally:
+            for f in futures:  # never leave a shard running into the next call
+                f.exception()
 
     def _hint(self, rc: int) -> str:
         if rc == Err.ERR_QUOTA:
@@ -172,10 +268,33 @@ class WasmEngine:
     # -- bookkeeping -----------------------------------------------------------------------------------
 
     def guest_stats(self) -> dict[str, int]:
+        """The guest's `GuestStats`; with shards, their counters and peak memory are added in."""
         rc = self.guest.call("realm_stats", self._stats_ptr)
         if rc < 0:
             raise guest_error("realm_stats failed", rc)
-        return abi.unpack_guest_stats(self.guest.read(self._stats_ptr, abi.GUEST_STATS.size))
+        total = abi.unpack_guest_stats(self.guest.read(self._stats_ptr, abi.GUEST_STATS.size))
+        for g in self._shards:
+            ptr = g.alloc(abi.GUEST_STATS.size)
+            try:
+                rc = g.call("realm_stats", ptr)
+                if rc < 0:
+                    raise guest_error("realm_stats failed", rc)
+                part = abi.unpack_guest_stats(g.read(ptr, abi.GUEST_STATS.size))
+            finally:
+                g.free(ptr, abi.GUEST_STATS.size)
+            for key in ("bytes_fetched", "host_calls", "cache_hits", "cache_misses", "peak_memory", "cache_bytes"):
+                total[key] += part[key]
+        return total
+
+    @property
+    def guests(self) -> list[Guest]:
+        """The engine's guest instances: the main guest, then its logits shards."""
+        return [self.guest, *self._shards]
+
+    @property
+    def memory_size(self) -> int:
+        """Linear memory of the main guest and its shards, in bytes."""
+        return self.guest.memory_size + sum(g.memory_size for g in self._shards)
 
     def stats(self) -> dict[str, Any]:
         if self.guest.closed:
@@ -184,13 +303,14 @@ class WasmEngine:
         return {
             "engine": "wasm",
             "bytes_fetched": g["bytes_fetched"],
-            "host_calls": self.guest.tenant.host_calls,
+            "host_calls": self.guest.tenant.host_calls + sum(g.tenant.host_calls for g in self._shards),
             "cache_hits": g["cache_hits"],
             "cache_misses": g["cache_misses"],
             "cache_bytes": g["cache_bytes"],
-            "peak_memory": max(g["peak_memory"], self.guest.memory_size),
-            "memory_size": self.guest.memory_size,
+            "peak_memory": max(g["peak_memory"], self.memory_size),
+            "memory_size": self.memory_size,
             "memory_budget": self.memory_budget,
+            "threads": self.threads,
             "instantiate_ms": round(1000 * self.instantiate_seconds, 3),
             "compile_ms": round(1000 * self.guest.compile_seconds, 3),
             "init_ms": round(1000 * self.init_seconds, 3),
@@ -198,8 +318,15 @@ class WasmEngine:
         }
 
     def close(self) -> None:
-        """Drop the guest and its reference to the stored model."""
-        self.guest.close()
+        """Drop the guests (main and shards) and their references to the stored model."""
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown(wait=True)
+        for g in getattr(self, "_shards", []):
+            g.close()
+        guest = getattr(self, "guest", None)
+        if guest is not None:
+            guest.close()
 
     def __enter__(self):
         return self
@@ -208,12 +335,27 @@ class WasmEngine:
         self.close()
 
     def __del__(self):
-        guest = getattr(self, "guest", None)
-        if guest is not None and not guest.closed:
-            try:
-                guest.close()
-            except Exception:
-                pass
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _shard_rows(g: Guest, hidden: bytes, r0: int, r1: int) -> bytes:
+    """Logit rows [r0, r1) computed by shard `g` from `hidden` (runs in a pool thread)."""
+    g.write(g.shard_hidden_ptr, hidden)
+    rc = g.call("realm_logits_rows", r0, r1)
+    if rc < 0:
+        raise guest_error(f"{g.name}: realm_logits_rows failed", rc)
+    ptr = g.call("realm_logits_ptr") & 0xFFFFFFFF
+    return g.read(ptr + 4 * r0, 4 * (r1 - r0))
+
+
+def _row_ranges(n_rows: int, k: int) -> list[tuple[int, int]]:
+    """`n_rows` split into k contiguous ranges, near-equal, every cut a multiple of 4 (the guest
+    multiplies rows in aligned groups of four: then no result depends on the split)."""
+    cuts = [min(n_rows, n_rows * i // k // 4 * 4) for i in range(k)] + [n_rows]
+    return [(cuts[i], cuts[i + 1]) for i in range(k)]
 
 
 def _tensor_bytes(gguf_file) -> int:

@@ -92,7 +92,7 @@ def test_tiny_budget_streams_weights(synth_dir):
             expect = ref.eval(PROMPT, all_logits=True)
             assert_logits_close(expect, big.eval(PROMPT, all_logits=True), TOLERANCE["wasm-vs-numba", qtype], "big budget")
             assert_logits_close(expect, small.eval(PROMPT, all_logits=True), TOLERANCE["wasm-vs-numba", qtype], "small budget")
-            assert small.guest.memory_size <= small_budget
+            assert small.memory_size <= small_budget
         finally:
             big.close()
             small.close()
@@ -147,4 +147,4 @@ def default_engines(default_model):
 def test_default_model(default_engines, prompt):
     ref, eng, encode = default_engines
     assert_default_model_agrees(ref, eng, encode(prompt), "wasm-vs-numba", 4, f"default model {prompt!r}")
-    assert eng.guest.memory_size <= 64 << 20
+    assert eng.memory_size <= 64 << 20

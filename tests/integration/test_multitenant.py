@@ -79,17 +79,17 @@ def test_eight_guests_share_one_copy(synth_model):
             assert stats["n_copies"] == 1, stats
             assert stats["mapped_bytes"] == synth_model.stat().st_size
             (mid,) = stats["models"]
-            assert len(store.holders(mid)) == N_GUESTS
+            assert len(store.holders(mid)) == sum(e.threads for e in engines) >= N_GUESTS
             for i, (tokens, logits) in enumerate(results):
                 e_tokens, e_logits = expect[i % len(PROMPTS)]
                 assert tokens == e_tokens, f"guest {i}: tokens differ from a single run"
                 np.testing.assert_array_equal(logits, e_logits, err_msg=f"guest {i}: logits differ")
             for eng in engines:
-                assert eng.guest.memory_size <= BUDGET
+                assert eng.memory_size <= BUDGET
                 assert eng.stats()["peak_memory"] <= BUDGET
             assert {e.model_id for e in engines} == {mid}
             served = stats["models"][mid]["bytes_served"]
-            assert served == sum(store.holder_stats(e.guest.holder)["bytes_read"] for e in engines)
+            assert served == sum(store.holder_stats(g.holder)["bytes_read"] for e in engines for g in e.guests)
         finally:
             for eng in engines:
                 eng.close()
@@ -135,7 +135,7 @@ def test_default_model_tenants(default_model):
                 assert tokens == expect[i % 2][0]
                 np.testing.assert_array_equal(logits, expect[i % 2][1])
             for eng in engines:
-                assert eng.guest.memory_size <= BUDGET
+                assert eng.memory_size <= BUDGET
         finally:
             for eng in engines:
                 eng.close()
@@ -152,7 +152,7 @@ def test_budget_too_small_for_the_context_is_a_clear_error(synth_model):
         assert store.stats()["n_copies"] == 0  # the failed guest let its reference go
         eng = WasmEngine(f, config, wasm=GUEST, n_ctx=32, memory_budget=4 << 20, store=store)  # a short context fits
         assert eng.eval(PROMPTS[0]).shape == (config.vocab_size,)
-        assert eng.guest.memory_size <= 4 << 20
+        assert eng.memory_size <= 4 << 20
         with pytest.raises(GuestError, match="context"):
             eng.eval([1] * 40)
         with pytest.raises(GuestError, match="vocabulary"):

@@ -334,7 +334,7 @@ def test_a_trap_in_one_guest_leaves_the_others_unchanged(models, solo):
             assert tokens == solo[i % len(PROMPTS)][0], f"guest {i}"
             np.testing.assert_array_equal(logits, solo[i % len(PROMPTS)][1], err_msg=f"guest {i}")
         assert st.stats()["n_copies"] == 1
-        assert set(st.holders(mid)) == {e.guest.holder for e in normal + [victim]}
+        assert set(st.holders(mid)) == {g.holder for e in normal + [victim] for g in e.guests}
     finally:
         for e in normal + [victim]:
             e.close()
