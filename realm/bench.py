@@ -308,14 +308,18 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
 def _variants(name: str, settings: BenchSettings, model) -> list[tuple[str, dict[str, Any]]]:
     if name == "numba":
         return [(f"{t} thread{'s' if t > 1 else ''}", {"threads": t}) for t in settings.threads]
-    if name == "wasm":
+    if name == "wasm":  # every budget with every thread count (guest instances, see realm.engines.wasm)
         out = []
         for b in settings.budgets:
             if b == "default":
-                out.append(("64 MiB", {"memory_budget": 64 << 20}))
+                label, budget = "64 MiB", 64 << 20
             elif b == "resident":
-                size = min(4 << 30, ((model.gguf.file_size + (192 << 20)) >> 20) << 20)
-                out.append((f"resident ({size >> 20} MiB)", {"memory_budget": size}))
+                budget = min(4 << 30, ((model.gguf.file_size + (192 << 20)) >> 20) << 20)
+                label = f"resident ({budget >> 20} MiB)"
+            else:
+                continue
+            for t in settings.threads:
+                out.append((f"{label}, {t} thread{'s' if t > 1 else ''}", {"memory_budget": budget, "threads": t}))
         return out
     return [("", {})]
 

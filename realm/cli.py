@@ -132,7 +132,8 @@ def info(model, tensors, as_json):
 @click.option("--stop", multiple=True, help="Stop when this text is generated (repeatable).")
 @click.option("--special", is_flag=True, help="Parse special-token text such as <start_of_turn> in the prompt.")
 @click.option("--ctx", type=click.IntRange(1, 1 << 20), default=None, help="Context length (default: min(model's, 2048)).")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Numba engine threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="numba: threads; wasm: guest instances sharing the output matrix (default: all cores, wasm at most 4).")
 @click.option("--memory-budget", type=ByteSize(1 << 20, 4 << 30), default="64MiB", show_default=True,
               help="wasm engine: cap on the guest's linear memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, tokens and stats.")
@@ -149,7 +150,7 @@ def run(prompt, model, engine, max_tokens, temperature, top_k, top_p, min_p, rep
         _fail("the prompt is empty")
     m = _open_model(model)
     options = {}
-    if engine == "numba" and threads is not None:
+    if engine in ("numba", "wasm") and threads is not None:
         options["threads"] = threads
     if engine == "wasm":
         options["memory_budget"] = memory_budget
@@ -201,7 +202,8 @@ def _engine_list(ctx, param, value):
 @click.option("-m", "--model", type=click.Path(dir_okay=True), help="GGUF file (default: the default model).")
 @click.option("--engines", default="wasm,numba", show_default=True, callback=_engine_list,
               help="Comma-separated: wasm, numba, reference.")
-@click.option("--threads", default="1,2", show_default=True, callback=_int_list, help="Numba thread counts.")
+@click.option("--threads", default="1,2", show_default=True, callback=_int_list,
+              help="Thread counts: Numba threads; wasm guest instances sharing the output matrix.")
 @click.option("--prompt-tokens", type=click.IntRange(1, 4096), default=128, show_default=True)
 @click.option("--gen-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True)
