@@ -186,7 +186,7 @@ class WasmEngine:
                 self._sharded_logits()
             return self._read_logits(1)[0]  # (vocab,)
         out = np.empty((n, self._vocab), dtype=np.float32)  # (n_tokens, vocab)
-        step = max(1, min(self._tok_cap, self.memory_budget // LOGITS_SHARE // (4 * self._vocab), self._logits_step))
+        step = max(1, min(self._tok_cap, self.guest.memory_budget // LOGITS_SHARE // (4 * self._vocab), self._logits_step))
         lo = 0
         while lo < n:
             chunk = ids[lo:lo + step]
