@@ -1158,7 +1158,9 @@ pub fn dot_q6_k(row: &[u8], x: &XQ) -> f32 {
     sum
 }
 
-/// SIMD128 Q6_K · XQ.
+/// SIMD128 Q6_K · XQ. Each step unpacks 64 values: four groups of 16 whose scales are 8h + l/16 +
+/// {0, 2, 4, 6} and whose activation blocks are 8i + 4h + {0, 1, 2, 3}; their four integer sums go
+/// into one vector and are scaled by one vector (the block's scales reordered and converted once).
 pub fn dot_q6_k_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ6K>(row);
     let nb = blocks.len().min(x.d.len() / 8);
@@ -1169,9 +1171,20 @@ pub fn dot_q6_k_simd(row: &[u8], x: &XQ) -> f32 {
         let off = i8x16_splat(32);
         for i in 0..nb {
             let b = &blocks[i];
-            let d = f16_to_f32(b.d);
+            let d = f32x4_splat(f16_to_f32(b.d));
+            let sc = load(b.scales.as_ptr() as *const u8);
+            let sc = i8x16_shuffle::<0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15>(sc, sc);
+            let (lo, hi) = (i16x8_extend_low_i8x16(sc), i16x8_extend_high_i8x16(sc));
+            let scf = [
+                f32x4_mul(f32x4_convert_i32x4(i32x4_extend_low_i16x8(lo)), d),
+                f32x4_mul(f32x4_convert_i32x4(i32x4_extend_high_i16x8(lo)), d),
+                f32x4_mul(f32x4_convert_i32x4(i32x4_extend_low_i16x8(hi)), d),
+                f32x4_mul(f32x4_convert_i32x4(i32x4_extend_high_i16x8(hi)), d),
+            ];
             for h in 0..2 {
-                for l in (0..32).step_by(16) {
+                let xd = v128_load(x.d.as_ptr().add(8 * i + 4 * h) as *const v128);
+                for k in 0..2 {
+                    let l = 16 * k;
                     let qa = load(b.ql.as_ptr().add(64 * h + l));
                     let qb = load(b.ql.as_ptr().add(64 * h + 32 + l));
                     let qh = load(b.qh.as_ptr().add(32 * h + l));
@@ -1181,13 +1194,15 @@ pub fn dot_q6_k_simd(row: &[u8], x: &XQ) -> f32 {
                         v128_or(u8x16_shr(qa, 4), i8x16_shl(v128_and(u8x16_shr(qh, 4), m3), 4)),
                         v128_or(u8x16_shr(qb, 4), i8x16_shl(u8x16_shr(qh, 6), 4)),
                     ];
-                    for g in 0..4 {
-                        let e = 128 * h + 32 * g + l;
-                        let xe = i * QK_K + e;
-                        let s = idot_i8x16(i8x16_sub(q[g], off), x.q.as_ptr().add(xe));
-                        let scale = d * b.scales[e / 16] as f32 * *x.d.get_unchecked(xe / 32);
-                        acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), f32x4_splat(scale)));
-                    }
+                    let px = x.q.as_ptr().add(i * QK_K + 128 * h + l);
+                    let s = hsum4_i32(
+                        idot_i8x16(i8x16_sub(q[0], off), px),
+                        idot_i8x16(i8x16_sub(q[1], off), px.add(32)),
+                        idot_i8x16(i8x16_sub(q[2], off), px.add(64)),
+                        idot_i8x16(i8x16_sub(q[3], off), px.add(96)),
+                    );
+                    let scale = f32x4_mul(scf[2 * h + k], xd);
+                    acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), scale));
                 }
             }
         }
