@@ -47,6 +47,7 @@ class BenchSettings:
     n_ctx: int | None = None
     budgets: tuple[str, ...] = ("default", "resident")  # wasm memory budgets to measure
     startup: bool = True  # measure cold/cached compile in subprocesses
+    interleave: bool = True  # round-robin the repeats over all engines (all alive at once)
 
     def validate(self) -> "BenchSettings":
         from realm.engines import ENGINE_NAMES
@@ -262,39 +263,49 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
     if "wasm" in settings.engines:
         progress("wasm: host-call cost (a guest loop of realm_read_tensor calls)")
         report["host_call"] = host_call_cost(model.path)
-    for name in settings.engines:
-        if settings.startup:
+    if settings.startup:
+        for name in settings.engines:
             progress(f"{name}: start-up time, cold and cached (fresh processes)")
             report.setdefault("startup", {})[name] = startup_times(name)
-        for variant, options in _variants(name, settings, model):
-            label = f"{name}[{variant}]" if variant else name
-            progress(f"{label}: creating engine")
-            t0 = time.perf_counter()
-            engine = model.engine(name, n_ctx=n_ctx, **options)
-            create = time.perf_counter() - t0
-            try:
+    variants = [(name, variant, options) for name in settings.engines
+                for variant, options in _variants(name, settings, model)]
+    # Interleaved (default): every engine is created first and repeat i of every engine runs before
+    # repeat i + 1 of any, so a slow spell of a shared machine hits all engines alike instead of
+    # whichever ran then. Sequential: one engine alive at a time (less memory for big models).
+    groups = [variants] if settings.interleave else [[v] for v in variants]
+    for group in groups:
+        live = []
+        try:
+            for name, variant, options in group:
+                label = f"{name}[{variant}]" if variant else name
+                progress(f"{label}: creating engine")
+                t0 = time.perf_counter()
+                engine = model.engine(name, n_ctx=n_ctx, **options)
+                run = {"engine": name, "variant": variant, "label": label,
+                       "create_seconds": time.perf_counter() - t0}
+                live.append((engine, run, [], []))
                 progress(f"{label}: warm-up")
                 time_generation(engine, ids[:8], 2)
-                prefill, decode = [], []
-                for i in range(settings.repeat):
-                    progress(f"{label}: run {i + 1}/{settings.repeat} "
+            for i in range(settings.repeat):
+                for engine, run, prefill, decode in live:
+                    progress(f"{run['label']}: run {i + 1}/{settings.repeat} "
                              f"({len(ids)} prompt + {settings.gen_tokens} generated tokens)")
                     p, d, per_token = time_generation(engine, ids, settings.gen_tokens)
                     prefill.append(len(ids) / p)
                     decode.append(settings.gen_tokens / d)
-                run = {"engine": name, "variant": variant, "label": label, "create_seconds": create,
-                       "prefill_tps": _spread(prefill), "decode_tps": _spread(decode)}
-                med = run["decode_tps"]["median"]
-                run["decode_gbps"] = med * wbytes / 1e9
+                    run.update(per_token)  # boundary traffic of the last run's decode steps
+            for engine, run, prefill, decode in live:
+                run["prefill_tps"], run["decode_tps"] = _spread(prefill), _spread(decode)
+                run["decode_gbps"] = run["decode_tps"]["median"] * wbytes / 1e9
                 run["decode_fraction_of_bandwidth"] = run["decode_gbps"] / report["bandwidth"]["read_gbps"]
-                run.update(per_token)  # boundary traffic of the last run's decode steps
                 run["engine_stats"] = {k: v for k, v in engine.stats().items() if isinstance(v, (int, float, str))}
-                if name not in logits:
-                    progress(f"{label}: logits of the benchmark prompt for the agreement check")
+                if run["engine"] not in logits:
+                    progress(f"{run['label']}: logits of the benchmark prompt for the agreement check")
                     engine.reset()
-                    logits[name] = engine.eval(ids, all_logits=True)
+                    logits[run["engine"]] = engine.eval(ids, all_logits=True)
                 runs.append(run)
-            finally:
+        finally:
+            for engine, *_ in live:
                 engine.close()
     report["runs"] = runs
     names = list(logits)
@@ -349,7 +360,8 @@ def format_markdown(r: dict[str, Any]) -> str:
         f"Memory bandwidth (same run): read {bw['read_gbps']:.1f} GB/s, copy {bw['copy_gbps']:.1f} GB/s. "
         f"Weights read per decoded token: {r['model']['weight_bytes_per_token'] / 1e6:.1f} MB.",
         f"Prompt {r['settings']['prompt_tokens']} tokens, {r['settings']['gen_tokens']} generated, "
-        f"{r['settings']['repeat']} repeats (median, [min–max]).",
+        f"{r['settings']['repeat']} repeats (median, [min–max]), "
+        + ("interleaved across engines." if r["settings"].get("interleave", True) else "one engine after another."),
         "",
         "## Speed",
         "",

@@ -209,8 +209,10 @@ def _engine_list(ctx, param, value):
 @click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-out", show_default=True)
 @click.option("--no-startup", is_flag=True, help="Skip the cold/cached start-up measurements.")
+@click.option("--sequential", is_flag=True,
+              help="One engine alive at a time (less memory) instead of interleaving the repeats across engines.")
 @handle_errors
-def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, no_startup):
+def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, no_startup, sequential):
     """Benchmark engines on one model; writes report.json, report.md (and report.png with matplotlib)."""
     from realm.bench import BenchSettings, run_bench, write_report
 
@@ -219,7 +221,8 @@ def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, n
 
         default_model_path(_Progress("assembling the default model"))
     settings = BenchSettings(model=model, engines=engines, threads=threads, prompt_tokens=prompt_tokens,
-                             gen_tokens=gen_tokens, repeat=repeat, out_dir=out_dir, startup=not no_startup)
+                             gen_tokens=gen_tokens, repeat=repeat, out_dir=out_dir, startup=not no_startup,
+                             interleave=not sequential)
     t0 = time.perf_counter()
     report = run_bench(settings, progress=lambda msg: click.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True))
     paths = write_report(report, out_dir)

@@ -88,3 +88,27 @@ def test_wasm_startup_is_measured_in_fresh_processes():
     s = startup_times("wasm")
     assert s is not None and "error" not in s, s
     assert s["cold_seconds"] > 0 and s["cached_seconds"] > 0
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_bench_interleaves_repeats_across_engines(tiny_model, interleave):
+    """Interleaved: repeat i of every engine runs before repeat i + 1 of any; sequential: one engine
+    is created, measured and closed before the next is created."""
+    from realm.bench import BenchSettings, run_bench
+
+    events: list[str] = []
+    settings = BenchSettings(model=str(tiny_model), engines=("wasm", "numba"), threads=(1,), prompt_tokens=6,
+                             gen_tokens=2, repeat=2, startup=False, budgets=("default",), interleave=interleave)
+    report = run_bench(settings, progress=events.append)
+    runs = [e for e in events if ": run " in e or e.endswith(": creating engine")]
+    order = [(e.split(":")[0], "create" if e.endswith("creating engine") else e.split("run ")[1][:3]) for e in runs]
+    labels = [r["label"] for r in report["runs"]]
+    assert len(labels) == 2
+    if interleave:
+        assert order == [(labels[0], "create"), (labels[1], "create"), (labels[0], "1/2"), (labels[1], "1/2"),
+                         (labels[0], "2/2"), (labels[1], "2/2")]
+    else:
+        assert order == [(labels[0], "create"), (labels[0], "1/2"), (labels[0], "2/2"),
+                         (labels[1], "create"), (labels[1], "1/2"), (labels[1], "2/2")]
+    assert all(r["decode_tps"]["n"] == 2 for r in report["runs"])
+    assert report["settings"]["interleave"] is interleave
