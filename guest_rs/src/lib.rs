@@ -29,10 +29,11 @@ pub extern "C" fn realm_init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
 }
 
 /// Build a logits shard of `model_id`: computes rows of the output matrix for a hidden state
-/// the host writes at `realm_hidden_ptr` (no layers, no KV cache; `realm_eval` fails).
+/// the host writes at `realm_hidden_ptr` (no layers, no KV cache; `realm_eval` fails); output rows
+/// [row0, row1) stay resident if they fit `budget`.
 #[no_mangle]
-pub extern "C" fn realm_init_shard(model_id: i64, budget: i32) -> i32 {
-    model::init_shard(model_id, budget)
+pub extern "C" fn realm_init_shard(model_id: i64, budget: i32, row0: i32, row1: i32) -> i32 {
+    model::init_shard(model_id, budget, row0, row1)
 }
 
 /// Append tokens to the KV cache; mode 0: logits of the last position, 1: of every position,

@@ -237,8 +237,9 @@ struct Matrix {
 }
 
 struct Slot {
-    data: Vec<u8>, // (rows, row_bytes) raw quantized bytes
+    data: Vec<u8>, // (rows, row_bytes) raw quantized bytes of matrix rows row0..row0 + rows
     loaded: bool,
+    row0: usize,
 }
 
 struct Weights {
@@ -302,19 +303,24 @@ impl Weights {
         xqb: &mut XQBuf,
     ) -> Res<()> {
         let rb = m.row_bytes;
-        if let Some(s) = m.slot {
+        let cached = m.slot.filter(|&s| {
+            let slot = &self.cache[s];
+            r0 >= slot.row0 && r1 <= slot.row0 + slot.data.len() / rb
+        });
+        if let Some(s) = cached {
             let slot = &mut self.cache[s];
             if !slot.loaded {
                 stats().cache_misses += 1;
-                fetch(self.model_id, m.handle, 0, &mut slot.data)?;
+                fetch(self.model_id, m.handle, slot.row0 as u64 * rb as u64, &mut slot.data)?;
                 slot.loaded = true;
-                stats().cache_bytes += m.n_bytes;
+                stats().cache_bytes += slot.data.len() as u64;
             } else {
                 stats().cache_hits += 1;
             }
+            let a = r0 - slot.row0;
             kernels::matmul(
                 m.ggml_type,
-                &slot.data[r0 * rb..r1 * rb],
+                &slot.data[a * rb..(a + r1 - r0) * rb],
                 r1 - r0,
                 m.cols,
                 x,
@@ -340,10 +346,10 @@ impl Weights {
         Ok(())
     }
 
-    /// The loaded resident bytes of `m`, if any.
+    /// The loaded resident bytes of the whole of `m`, if any.
     fn resident(&self, m: &Matrix) -> Option<&[u8]> {
         let slot = &self.cache[m.slot?];
-        if slot.loaded {
+        if slot.loaded && slot.row0 == 0 && slot.data.len() as u64 == m.n_bytes {
             Some(&slot.data)
         } else {
             None
@@ -492,8 +498,9 @@ fn optional_vector(want: bool, model_id: i64, name: &str, n: usize, budget: usiz
 
 impl Engine {
     /// `shard`: a logits shard (`realm_init_shard`): no layers, no KV cache, no sampler buffers;
-    /// only the output matrix, `hidden` (written by the host) and `logits`.
-    fn new(model_id: i64, n_ctx: usize, budget: usize, shard: bool) -> Res<Engine> {
+    /// only the output matrix, `hidden` (written by the host) and `logits`; it keeps output rows
+    /// `pin` resident when they fit its budget (else it streams them).
+    fn new(model_id: i64, n_ctx: usize, budget: usize, shard: bool, pin: (usize, usize)) -> Res<Engine> {
         let mut raw = [0u8; CONFIG_BYTES];
         stats().host_calls += 1;
         let rc = host::get_config(model_id, &mut raw);
@@ -645,6 +652,18 @@ impl Engine {
         };
         if !shard {
             e.plan_cache();
+        } else if pin.0 > pin.1 || pin.1 > vocab {
+            return Err(ERR_BAD_ARG);
+        } else if pin.1 > pin.0 && e.w.cache.try_reserve_exact(1).is_ok() {
+            let rb = e.output.row_bytes;
+            if let Ok(data) = try_vec((pin.1 - pin.0) * rb, 0u8, budget) {
+                e.output.slot = Some(0);
+                e.w.cache.push(Slot {
+                    data,
+                    loaded: false,
+                    row0: pin.0,
+                });
+            }
         }
         Ok(e)
     }
@@ -681,7 +700,11 @@ impl Engine {
             }
             if let Ok(data) = try_vec(m.n_bytes as usize, 0u8, budget) {
                 m.slot = Some(self.w.cache.len());
-                self.w.cache.push(Slot { data, loaded: false });
+                self.w.cache.push(Slot {
+                    data,
+                    loaded: false,
+                    row0: 0,
+                });
             }
         }
         if self.cfg.tied_output {
@@ -1089,14 +1112,17 @@ pub fn init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
     if n_ctx <= 0 {
         return ERR_BAD_ARG;
     }
-    build(model_id, n_ctx as usize, budget, false)
+    build(model_id, n_ctx as usize, budget, false, (0, 0))
 }
 
-pub fn init_shard(model_id: i64, budget: i32) -> i32 {
-    build(model_id, 0, budget, true)
+pub fn init_shard(model_id: i64, budget: i32, row0: i32, row1: i32) -> i32 {
+    if row0 < 0 || row1 < 0 {
+        return ERR_BAD_ARG;
+    }
+    build(model_id, 0, budget, true, (row0 as usize, row1 as usize))
 }
 
-fn build(model_id: i64, n_ctx: usize, budget: i32, shard: bool) -> i32 {
+fn build(model_id: i64, n_ctx: usize, budget: i32, shard: bool, pin: (usize, usize)) -> i32 {
     if model_id <= 0 || budget == 0 {
         return ERR_BAD_ARG;
     }
@@ -1112,7 +1138,7 @@ fn build(model_id: i64, n_ctx: usize, budget: i32, shard: bool) -> i32 {
         };
     }
     let budget = budget as u32 as usize;
-    match Engine::new(model_id, n_ctx, budget, shard) {
+    match Engine::new(model_id, n_ctx, budget, shard, pin) {
         Ok(e) => {
             unsafe { ENGINE = Some(Box::new(e)) }; // the struct is small; its buffers are allocated
             mem_bytes();

@@ -93,8 +93,9 @@ class WasmEngine:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise GuestError(f"threads must be a positive integer, got {threads!r}")
         n_shards = self._plan_shards(gguf_file, config, threads)
-        self._shard_budget = shard_budget(config.vocab_size)
-        main_budget = self.memory_budget - n_shards * self._shard_budget
+        self._ranges = _row_ranges(int(config.vocab_size), 1 + n_shards)
+        self._shard_budgets = self._plan_shard_budgets(gguf_file, config, self._ranges[1:])
+        main_budget = self.memory_budget - sum(self._shard_budgets)
         self._shards: list[Guest] = []
         self._pool: ThreadPoolExecutor | None = None
         t0 = time.perf_counter()
@@ -121,10 +122,9 @@ class WasmEngine:
             self._tok_ptr = self.guest.alloc(4 * self._tok_cap)
             self._params_ptr = self.guest.alloc(abi.SAMPLE_PARAMS.size)
             self._stats_ptr = self.guest.alloc(abi.GUEST_STATS.size)
-            for _ in range(n_shards):
-                self._shards.append(self._start_shard(gguf_file, wasm))
+            for budget, (r0, r1) in zip(self._shard_budgets, self._ranges[1:]):
+                self._shards.append(self._start_shard(gguf_file, wasm, budget, r0, r1))
             self.threads = 1 + len(self._shards)
-            self._ranges = _row_ranges(self._vocab, self.threads)
             if self._shards:
                 self._pool = ThreadPoolExecutor(max_workers=len(self._shards), thread_name_prefix="realm-shard")
                 self._hidden_ptr = self.guest.call("realm_hidden_ptr") & 0xFFFFFFFF
@@ -148,14 +148,33 @@ class WasmEngine:
             n -= 1
         return n
 
-    def _start_shard(self, gguf_file, wasm) -> Guest:
-        """One more guest instance holding the model, initialised as a logits shard."""
-        g = Guest(wasm, model_store=self.model_store, memory_budget=self._shard_budget, timeout=self.timeout,
+    def _plan_shard_budgets(self, gguf_file, config, ranges: list[tuple[int, int]]) -> list[int]:
+        """Each shard's memory: `shard_budget` (it streams its rows), or enough to keep its rows of
+        the output matrix resident when the rest of the budget still holds every weight in the main
+        guest (a "resident" budget: then no instance streams anything after the first token)."""
+        base = shard_budget(config.vocab_size)
+        if not ranges:
+            return []
+        tensors = getattr(gguf_file, "tensors", None) or {}
+        out = tensors.get("output.weight") or tensors.get("token_embd.weight")
+        if out is None:
+            return [base] * len(ranges)
+        row_bytes = int(out.n_bytes) // int(config.vocab_size)
+        pinned = [-(-(base + (r1 - r0) * row_bytes) // (1 << 20)) * (1 << 20) for r0, r1 in ranges]
+        kv_bytes = 4 * int(config.n_layers) * int(config.n_kv_heads) * int(config.head_dim) * self.n_ctx
+        main_resident = _tensor_bytes(gguf_file) + kv_bytes + (32 << 20)
+        if self.memory_budget - sum(pinned) >= main_resident:
+            return pinned
+        return [base] * len(ranges)
+
+    def _start_shard(self, gguf_file, wasm, budget: int, row0: int, row1: int) -> Guest:
+        """One more guest instance holding the model, initialised as a logits shard for rows [row0, row1)."""
+        g = Guest(wasm, model_store=self.model_store, memory_budget=budget, timeout=self.timeout,
                   name=f"{self.guest.name}-shard")
         try:
             model_id = self.model_store.add(gguf_file, holder=g.holder, pin=False)
             g.tenant.adopt(model_id, self.model_store.get(model_id))
-            rc = g.call("realm_init_shard", model_id, _i32(self._shard_budget))
+            rc = g.call("realm_init_shard", model_id, _i32(budget), row0, row1)
             if rc < 0:
                 raise guest_error("realm_init_shard failed", rc)
             g.shard_hidden_ptr = g.call("realm_hidden_ptr") & 0xFFFFFFFF
