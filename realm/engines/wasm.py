@@ -98,6 +98,7 @@ class WasmEngine:
         main_budget = self.memory_budget - sum(self._shard_budgets)
         self._shards: list[Guest] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._broken: str | None = None  # why a shard failed: the engine's instances are out of step
         t0 = time.perf_counter()
         self.guest = Guest(wasm, model_store=self.model_store, memory_budget=main_budget,
                            timeout=timeout, max_read_bytes=max_read_bytes)
@@ -187,6 +188,8 @@ class WasmEngine:
 
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Append `ids` to the KV cache; logits (vocab,) of the last position, or (len(ids), vocab)."""
+        if self._broken is not None:
+            raise GuestError(f"a logits shard of this engine failed earlier ({self._broken}); create a new engine")
         ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
         n = ids.shape[0]
         if n == 0:
@@ -253,7 +256,12 @@ class WasmEngine:
                 raise guest_error("realm_logits_rows failed" + self._hint(rc), rc)
             ptr = self.guest.call("realm_logits_ptr") & 0xFFFFFFFF
             for f, (a, _) in zip(futures, self._ranges[1:]):
-                self.guest.write(ptr + 4 * a, f.result())
+                try:
+                    rows = f.result()
+                except GuestError as e:
+                    self._broken = str(e)
+                    raise
+                self.guest.write(ptr + 4 * a, rows)
         finally:
             for f in futures:  # never leave a shard running into the next call
                 f.exception()

@@ -445,6 +445,30 @@ def test_every_instance_holds_the_model_until_close(tiny):
     assert store.stats()["n_copies"] == 0
 
 
+def test_a_shard_stopped_by_its_deadline_is_a_clear_error(model_path):
+    """A shard that overruns its deadline traps alone: the engine raises GuestError naming the
+    deadline, refuses further use, and close() still releases every instance's reference."""
+    path = model_path("llama-big-f16")
+    store = ModelStore()
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        eng = WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=MIN_MAIN_BUDGET + shard_budget(config.vocab_size),
+                         store=store, threads=2)
+        assert eng.threads == 2
+        eng.eval(PROMPT)
+        eng._shards[0].timeout = 1e-9  # the next call's deadline is one epoch tick away
+        with pytest.raises(GuestError, match="deadline"):
+            for _ in range(50):  # a tick may not fall inside one short call
+                eng.eval([1])
+        assert eng._shards[0].trapped is not None and eng.guest.trapped is None
+        n_past = eng.n_past
+        with pytest.raises(GuestError, match="shard of this engine failed earlier"):
+            eng.eval([1])
+        assert eng.n_past == n_past  # refused before the main guest evaluated anything
+        eng.close()
+    assert store.stats()["n_copies"] == 0
+
+
 def test_guest_stats_sum_over_instances(tiny):
     path, config = tiny
     store = ModelStore()
