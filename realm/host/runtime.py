@@ -41,6 +41,7 @@ WASM_PAGE = 65536
 MAX_TABLE_ELEMENTS = 1 << 16  # function tables; a hostile module cannot make the host allocate big ones
 _VALTYPES = {"i32": wasmtime.ValType.i32, "i64": wasmtime.ValType.i64}
 _CACHE_MAGIC = b"realm-cwasm-1\n"
+MAX_CACHED_MODULES = 16  # compiled modules kept on disk, least recently used dropped first
 
 _engine: wasmtime.Engine | None = None
 _engine_lock = threading.Lock()
@@ -119,7 +120,8 @@ def load_module(wasm: bytes | str | os.PathLike | None = None, *, cache: bool = 
     """Compile a module (wasm bytes, WAT text, a path; None: the shipped guest), once per process and on disk.
 
     The disk cache is keyed by the SHA-256 of the wasm and the wasmtime version; each file carries
-    the SHA-256 of its payload, and a corrupt or incompatible file is recompiled and replaced.
+    the SHA-256 of its payload, and a corrupt or incompatible file is recompiled and replaced. It
+    keeps the MAX_CACHED_MODULES most recently used modules (a use refreshes the file's mtime).
     """
     if wasm is None:
         wasm = default_guest_path()
@@ -157,9 +159,15 @@ def _read_cached(eng: wasmtime.Engine, path: Path) -> wasmtime.Module | None:
     head = len(_CACHE_MAGIC) + 32
     if blob[: len(_CACHE_MAGIC)] == _CACHE_MAGIC and hashlib.sha256(blob[head:]).digest() == blob[len(_CACHE_MAGIC):head]:
         try:
-            return wasmtime.Module.deserialize(eng, blob[head:])
+            module = wasmtime.Module.deserialize(eng, blob[head:])
         except wasmtime.WasmtimeError as e:
             log.warning("compiled-module cache %s unusable (%s); recompiling", path, e)
+        else:
+            try:
+                os.utime(path)  # recently used: pruned last
+            except OSError:
+                pass
+            return module
     else:
         log.warning("compiled-module cache %s is corrupt; recompiling", path)
     return None
@@ -174,6 +182,24 @@ def _write_cached(path: Path, payload: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         log.warning("cannot write compiled-module cache %s: %s", path, e)
+        return
+    _prune_cache(path.parent, MAX_CACHED_MODULES)
+
+
+def _prune_cache(folder: Path, keep: int) -> None:
+    """Delete all but the `keep` most recently used compiled modules in `folder`."""
+    try:
+        entries = []
+        for p in folder.glob("*.cwasm"):
+            try:
+                entries.append((p.stat().st_mtime, p))
+            except OSError:  # removed by another process meanwhile
+                pass
+        entries.sort(reverse=True)
+        for _, p in entries[keep:]:
+            p.unlink(missing_ok=True)
+    except OSError as e:
+        log.warning("cannot prune the compiled-module cache %s: %s", folder, e)
 
 
 def default_guest_path() -> Path:

@@ -447,6 +447,32 @@ def test_corrupt_module_cache_is_recompiled(store, tmp_path, monkeypatch, caplog
     assert files[0].read_bytes()[:len(runtime._CACHE_MAGIC)] == runtime._CACHE_MAGIC
 
 
+def test_module_cache_keeps_the_most_recently_used(tmp_path, monkeypatch):
+    """Many distinct modules (a tenant can bring its own) cannot grow the disk cache without bound:
+    it keeps MAX_CACHED_MODULES files, and a module used again is kept over older ones."""
+    monkeypatch.setenv("REALM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(runtime, "_modules", {})
+    monkeypatch.setattr(runtime, "MAX_CACHED_MODULES", 4)
+    wats = [f'(module (memory (export "memory") 1) (func (export "f{i}") (result i32) (i32.const {i})))'
+            for i in range(7)]
+    folder = tmp_path / "wasm"
+    runtime.load_module(wats[0])
+    first = list(folder.glob("*.cwasm"))
+    assert len(first) == 1
+    old = time.time() - 3600
+    for i, wat in enumerate(wats[1:4], start=1):  # three more, each older-looking than the next
+        runtime.load_module(wat)
+    for k, p in enumerate(sorted(folder.glob("*.cwasm"), key=lambda p: p.stat().st_mtime)):
+        os.utime(p, (old + k, old + k))
+    runtime._modules.clear()
+    runtime.load_module(wats[0])  # read back from disk: now the most recently used
+    for wat in wats[4:]:
+        runtime.load_module(wat)
+    files = set(folder.glob("*.cwasm"))
+    assert len(files) == 4
+    assert first[0] in files
+
+
 @pytest.mark.parametrize("wat", [
     """(module (memory (export "memory") 1) (table 100000000 funcref))""",  # ~800 MB of host memory
     """(module (memory (export "memory") 1) (table 10 funcref)
