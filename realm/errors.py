@@ -43,3 +43,8 @@ class StoreError(RealmError):
 
 class GuestError(RealmError):
     """The WebAssembly guest failed: a trap, an exhausted limit, or an error code it returned."""
+
+
+class KernelArgumentError(RealmError, ValueError):
+    """An array passed to a kernel (dequantize, quantize, matvec) has the wrong dtype, shape,
+    layout or length (also a ValueError)."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from realm.errors import KernelArgumentError
 from realm.kernels._jit import jit, jit_disabled, pjit, prange
-from realm.quants import LAYOUTS, QK_K, GGMLType, as_bytes, require_supported
+from realm.quants import LAYOUTS, GGMLType, as_bytes, require_supported
 
 # ---------------------------------------------------------------------------------------------
 # Scalar bit helpers (bitcasts are LLVM intrinsics; plain NumPy under NUMBA_DISABLE_JIT=1)
@@ -513,7 +514,7 @@ def dequantize(data, ggml_type: GGMLType, n_elements: int | None = None, out: np
     ------
     UnsupportedError
         `ggml_type` has no kernel (IQ*, TQ*, MXFP4, unknown ids).
-    ValueError
+    KernelArgumentError (a RealmError and a ValueError)
         The byte length is not a whole number of blocks or disagrees with `n_elements`, or `out`
         has the wrong size, dtype or layout.
     """
@@ -525,18 +526,18 @@ def dequantize(data, ggml_type: GGMLType, n_elements: int | None = None, out: np
         buf.flags.writeable = False
     where = f"tensor {tensor!r}: " if tensor is not None else ""
     if buf.size % layout.type_size:
-        raise ValueError(f"{where}{buf.size} bytes is not a whole number of {t.name} blocks "
+        raise KernelArgumentError(f"{where}{buf.size} bytes is not a whole number of {t.name} blocks "
                          f"of {layout.type_size} bytes")
     nb = buf.size // layout.type_size
     n = nb * layout.block_size
     if n_elements is not None and n_elements != n:
-        raise ValueError(f"{where}{buf.size} bytes of {t.name} hold {n} elements, expected {n_elements}")
+        raise KernelArgumentError(f"{where}{buf.size} bytes of {t.name} hold {n} elements, expected {n_elements}")
     if out is None:
         out = np.empty(n, dtype=np.float32)  # (n_elements,)
     elif not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 1:
-        raise ValueError(f"{where}out must be a 1-D float32 ndarray")
+        raise KernelArgumentError(f"{where}out must be a 1-D float32 ndarray")
     elif out.shape[0] != n or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"{where}out must be a writable C-contiguous float32 array of {n} elements, "
+        raise KernelArgumentError(f"{where}out must be a writable C-contiguous float32 array of {n} elements, "
                          f"got shape {out.shape}")
     if nb == 0:
         return out

@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from realm.errors import RealmError, UnsupportedError
+from realm.errors import KernelArgumentError, UnsupportedError
 from realm.kernels._jit import jit, jit_disabled, pjit, prange
 from realm.quants import GGMLType, block_size_and_bytes, row_bytes
 
 __all__ = [
     "KernelArgumentError", "MATVEC_TYPES", "matvec", "matmul", "get_rows", "dequantize_rows", "warmup",
 ]
-
-
-class KernelArgumentError(RealmError, ValueError):
-    """An array passed to a kernel has the wrong dtype, shape, layout or length."""
 
 
 # Dot products reassociate (vectorized reductions) and contract to FMA; tests bound the error.

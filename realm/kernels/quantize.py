@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from realm.errors import KernelArgumentError
 from realm.kernels._jit import jit
 from realm.kernels.dequant import f16_to_f32, f32_to_f16
 from realm.quants import QK_K
@@ -97,7 +98,7 @@ def quantize_row_q8_k(x, qs_out, d_out, bsums_out):
 def _check_x(x, block: int, name: str) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 1 or x.shape[0] % block:
-        raise ValueError(f"{name}: x must be 1-D with a multiple of {block} elements, got shape {x.shape}")
+        raise KernelArgumentError(f"{name}: x must be 1-D with a multiple of {block} elements, got shape {x.shape}")
     return x
 
 
@@ -106,7 +107,7 @@ def _check_out(a, n: int, dtypes: tuple, what: str) -> None:
             or not a.flags.c_contiguous or not a.flags.writeable:
         want = "/".join(np.dtype(d).name for d in dtypes)
         got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
-        raise ValueError(f"{what} must be a writable C-contiguous 1-D {want} array of {n}, got {got}")
+        raise KernelArgumentError(f"{what} must be a writable C-contiguous 1-D {want} array of {n}, got {got}")
 
 
 def quantize_q8_0_split(x, qs_out: np.ndarray, d_out: np.ndarray) -> None:

@@ -124,8 +124,11 @@ def test_warmup_returns_seconds():
 
 
 def test_short_buffer_rejected():
-    with pytest.raises(ValueError, match="blk.3.ffn_down.weight.*Q4_K"):
+    from realm.errors import KernelArgumentError, RealmError
+
+    with pytest.raises(ValueError, match="blk.3.ffn_down.weight.*Q4_K") as e:
         dequantize(b"\0" * (144 * 2 - 1), GGMLType.Q4_K, tensor="blk.3.ffn_down.weight")
+    assert isinstance(e.value, KernelArgumentError) and isinstance(e.value, RealmError)  # one-line CLI error
 
 
 def test_element_count_mismatch_rejected():
