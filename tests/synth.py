@@ -91,7 +91,8 @@ def _copy_tokenizer(writer, vocab_gguf: Path) -> int:
 
 
 def tiny_spm_vocab(vocab_size: int) -> tuple[list[str], list[float], list[int]]:
-    """A small SPM vocabulary: <unk> <s> </s>, 256 byte tokens, then letters and words (tokens, scores, types)."""
+    """A small SPM vocabulary: <unk> <s> </s>, 256 byte tokens, then letters and words (tokens, scores,
+    types); past the ~600 pieces, "<fillerN>" tokens (for models that need a big output matrix)."""
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [2, 3, 3] + [6] * 256  # UNKNOWN, CONTROL, CONTROL, BYTE...
     words = ("the of and to in is was for on that with as by at from it his an be are this which or "
@@ -108,8 +109,9 @@ def tiny_spm_vocab(vocab_size: int) -> tuple[list[str], list[float], list[int]]:
             seen.add(p)
             tokens.append(p)
             types.append(1)
-    if len(tokens) < vocab_size:
-        raise ValueError(f"tiny vocab has at most {len(tokens)} tokens, asked for {vocab_size}")
+    n_pieces = len(tokens)
+    tokens += [f"<filler{i}>" for i in range(vocab_size - n_pieces)]
+    types += [1] * (vocab_size - n_pieces)
     scores = [0.0] * 259 + [-float(i) for i in range(len(tokens) - 259)]
     return tokens, scores, types
 

@@ -32,7 +32,7 @@ if not default_guest_path().exists():
 from realm.engines.wasm import MIN_MAIN_BUDGET, WasmEngine, _row_ranges, default_threads, shard_budget  # noqa: E402
 from realm.generate import greedy  # noqa: E402
 from realm.host.store import ModelStore  # noqa: E402
-from synth import kquant_dims, make_model, tiny_spm_vocab  # noqa: E402
+from synth import kquant_dims, make_model  # noqa: E402
 
 GUEST = load_module(default_guest_path().read_bytes())  # one compiled guest for every instance
 PROMPT = [1, 5, 9, 100, 200, 7, 3, 4, 5, 6, 7, 8]  # 12 > sliding window 4 of the gemma3 models
@@ -55,34 +55,12 @@ MODELS = {
     "llama-q5_0": dict(arch="llama", qtype=GGMLType.Q5_0, vocab_size=300, seed=22),
     "gemma3-q4_k": dict(arch="gemma3", qtype=GGMLType.Q4_K, vocab_size=301, seed=23, **kquant_dims()),
     "gemma3-q8_0": dict(arch="gemma3", qtype=GGMLType.Q8_0, vocab_size=300, seed=24),
-    "llama-big-f16": dict(arch="llama", qtype=GGMLType.F16, n_vocab=4099, dim=2048, hidden_dim=256,
+    "llama-big-f16": dict(arch="llama", qtype=GGMLType.F16, vocab_size=4099, dim=2048, hidden_dim=256,
                           n_heads=4, n_kv_heads=2, head_dim=64, seed=25),
-    "gemma3-big-f16": dict(arch="gemma3", qtype=GGMLType.F16, n_vocab=4097, n_layers=2, dim=2048,
+    "gemma3-big-f16": dict(arch="gemma3", qtype=GGMLType.F16, vocab_size=4097, n_layers=2, dim=2048,
                            hidden_dim=256, n_heads=4, n_kv_heads=2, head_dim=64, seed=26),
 }
 STREAMED = {"llama-big-f16", "gemma3-big-f16"}
-
-
-def write_vocab(path, n_vocab: int):
-    """A vocab-only GGUF: the tiny SPM vocabulary padded with filler tokens to `n_vocab` entries
-    (tiny_spm_vocab stops at ~600; a big output matrix needs more rows)."""
-    tokens, scores, types = tiny_spm_vocab(600)
-    tokens += [f"<filler{i}>" for i in range(n_vocab - len(tokens))]
-    scores += [-1e4] * (n_vocab - len(scores))
-    types += [1] * (n_vocab - len(types))
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_unk_token_id(0)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +71,7 @@ def model_path(tmp_path_factory):
 
     def get(name: str):
         if name not in made:
-            opts = dict(MODELS[name])
-            n_vocab = opts.pop("n_vocab", None)
-            if n_vocab is not None:
-                opts["vocab_gguf"] = write_vocab(root / f"vocab-{n_vocab}.gguf", n_vocab)
-            made[name] = make_model(root / f"{name}.gguf", **opts)
+            made[name] = make_model(root / f"{name}.gguf", **MODELS[name])
         return made[name]
 
     return get
@@ -477,12 +451,7 @@ def test_guest_stats_sum_over_instances(tiny):
         with WasmEngine(f, config, wasm=GUEST, n_ctx=32, store=store, threads=3) as eng:
             eng.eval(PROMPT)
             eng.eval([7])
-            parts = []
-            for g in eng.guests:
-                ptr = g.alloc(abi.GUEST_STATS.size)
-                assert g.call("realm_stats", ptr) == 0
-                parts.append(abi.unpack_guest_stats(g.read(ptr, abi.GUEST_STATS.size)))
-                g.free(ptr, abi.GUEST_STATS.size)
+            parts = [guest_stats(g) for g in eng.guests]
             total = eng.guest_stats()
             for key in ("bytes_fetched", "host_calls", "cache_hits", "cache_misses", "peak_memory", "cache_bytes"):
                 assert total[key] == sum(p[key] for p in parts), key
