@@ -37,8 +37,12 @@ TIMEOUT_SCALE_BYTES = 512 << 20  # DEFAULT_TIMEOUT covers models up to this much
 
 
 def default_threads() -> int:
-    """Guest instances per engine by default: the machine's cores, at most MAX_DEFAULT_THREADS."""
-    return max(1, min(os.cpu_count() or 1, MAX_DEFAULT_THREADS))
+    """Guest instances per engine by default: the cores this process may run on, at most MAX_DEFAULT_THREADS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_THREADS))
 
 
 def shard_budget(vocab_size: int) -> int:
