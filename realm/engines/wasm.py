@@ -144,8 +144,7 @@ class WasmEngine:
         want = threads
         if want is None:
             want = default_threads()
-            tensors = getattr(gguf_file, "tensors", None) or {}
-            out = tensors.get("output.weight") or tensors.get("token_embd.weight")
+            out = _output_tensor(gguf_file)
             if out is None or int(out.n_bytes) < MIN_SHARD_OUTPUT_BYTES:
                 want = 1
         n = want - 1
@@ -160,8 +159,7 @@ class WasmEngine:
         base = shard_budget(config.vocab_size)
         if not ranges:
             return []
-        tensors = getattr(gguf_file, "tensors", None) or {}
-        out = tensors.get("output.weight") or tensors.get("token_embd.weight")
+        out = _output_tensor(gguf_file)
         if out is None:
             return [base] * len(ranges)
         row_bytes = int(out.n_bytes) // int(config.vocab_size)
@@ -387,6 +385,12 @@ def _row_ranges(n_rows: int, k: int) -> list[tuple[int, int]]:
     multiplies rows in aligned groups of four: then no result depends on the split)."""
     cuts = [min(n_rows, n_rows * i // k // 4 * 4) for i in range(k)] + [n_rows]
     return [(cuts[i], cuts[i + 1]) for i in range(k)]
+
+
+def _output_tensor(gguf_file):
+    """TensorInfo of the output matrix (`token_embd.weight` when tied) of an open GGUFFile, else None."""
+    tensors = getattr(gguf_file, "tensors", None) or {}
+    return tensors.get("output.weight") or tensors.get("token_embd.weight")
 
 
 def _tensor_bytes(gguf_file) -> int:
