@@ -133,7 +133,7 @@ def info(model, tensors, as_json):
 @click.option("--special", is_flag=True, help="Parse special-token text such as <start_of_turn> in the prompt.")
 @click.option("--ctx", type=click.IntRange(1, 1 << 20), default=None, help="Context length (default: min(model's, 2048)).")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="numba: threads; wasm: guest instances sharing the output matrix (default: all cores, wasm at most 4).")
+              help="numba: threads; wasm: guest instances sharing the weight matrices (default: all cores, wasm at most 4).")
 @click.option("--memory-budget", type=ByteSize(1 << 20, 4 << 30), default="64MiB", show_default=True,
               help="wasm engine: cap on the guest's linear memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, tokens and stats.")
@@ -203,7 +203,7 @@ def _engine_list(ctx, param, value):
 @click.option("--engines", default="wasm,numba", show_default=True, callback=_engine_list,
               help="Comma-separated: wasm, numba, reference.")
 @click.option("--threads", default="1,2", show_default=True, callback=_int_list,
-              help="Thread counts: Numba threads; wasm guest instances sharing the output matrix.")
+              help="Thread counts: Numba threads; wasm guest instances sharing the weight matrices.")
 @click.option("--prompt-tokens", type=click.IntRange(1, 4096), default=128, show_default=True)
 @click.option("--gen-tokens", type=click.IntRange(1, 4096), default=64, show_default=True)
 @click.option("--repeat", type=click.IntRange(1, 100), default=3, show_default=True)

@@ -28,6 +28,13 @@ pub const EVAL_LAST: i32 = 0;
 pub const EVAL_ALL: i32 = 1;
 pub const EVAL_HIDDEN: i32 = 2;
 
+/// Matrix groups of one layer that the main guest and its peers multiply together
+/// (`realm_peers_begin`, `realm_peer_run`): each is one all-gather of row parts.
+pub const GROUP_QKV: i32 = 0; // attn_q, attn_k, attn_v
+pub const GROUP_O: i32 = 1; // attn_output
+pub const GROUP_GATE_UP: i32 = 2; // ffn_gate, ffn_up
+pub const GROUP_DOWN: i32 = 3; // ffn_down
+
 /// `TensorInfo` as the host writes it (48 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -50,6 +57,18 @@ pub struct ReadReq {
     pub reserved: i32,
 }
 const _: () = assert!(core::mem::size_of::<ReadReq>() == 24);
+
+/// One output matrix of `realm_peers_end` (16 bytes): the host writes the peers' row parts of a
+/// (nt, rows) result at `out_ptr` whose token rows are `stride` floats apart.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct PeerOut {
+    pub out_ptr: i32,
+    pub stride: i32,
+    pub rows: i32,
+    pub reserved: i32,
+}
+const _: () = assert!(core::mem::size_of::<PeerOut>() == 16);
 
 /// `ModelConfigABI`: 32 little-endian 4-byte words; the word index of each field.
 pub const CONFIG_BYTES: usize = 128;

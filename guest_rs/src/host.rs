@@ -3,7 +3,7 @@
 //! This is the only file with `extern "C"` imports. Wrappers pass `(ptr, len)` of guest memory the
 //! caller owns; the host only writes inside those ranges. Negative returns are `abi::ERR_*` codes.
 
-use crate::abi::{ReadReq, TensorInfo, CONFIG_BYTES};
+use crate::abi::{PeerOut, ReadReq, TensorInfo, CONFIG_BYTES};
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -25,6 +25,16 @@ extern "C" {
     fn realm_get_config(model_id: i64, out_ptr: i32, out_max: i32) -> i32;
     /// Log a message (level 0 debug .. 3 error) through Python `logging`.
     fn realm_log(level: i32, msg_ptr: i32, msg_len: i32) -> i32;
+    /// Start this engine's peer instances on their row parts of matrix group `group` of layer
+    /// `layer` for the (nt, cols) f32 input at `x_ptr`; returns the number of peers.
+    fn realm_peers_begin(group: i32, layer: i32, x_ptr: i32, nt: i32, cols: i32) -> i32;
+    /// Wait for the peers started by `realm_peers_begin` and write their row parts into the
+    /// `n_outs` outputs described by the `PeerOut` array at `outs_ptr`; returns 0.
+    fn realm_peers_end(outs_ptr: i32, n_outs: i32) -> i32;
+    /// Peer: block until the host posts work after sequence number `seq` (`realm_peer_serve`).
+    fn realm_peer_wait(seq: i32) -> i32;
+    /// Peer: tell the host it has published a result in its mailbox.
+    fn realm_peer_notify() -> i32;
 }
 
 fn ptr<T>(p: *const T) -> i32 {
@@ -109,4 +119,24 @@ pub fn get_config(model_id: i64, out: &mut [u8; CONFIG_BYTES]) -> i32 {
 /// Log a message through the host (level 0 debug .. 3 error).
 pub fn log(level: i32, msg: &str) -> i32 {
     unsafe { realm_log(level, ptr(msg.as_ptr()), msg.len() as i32) }
+}
+
+/// Start the peers on group `group` of layer `layer` for input `x` (nt rows of `cols` floats).
+pub fn peers_begin(group: i32, layer: i32, x: &[f32], nt: i32, cols: i32) -> i32 {
+    unsafe { realm_peers_begin(group, layer, ptr(x.as_ptr()), nt, cols) }
+}
+
+/// Wait for the peers and gather their row parts into `outs` (memory the caller owns).
+pub fn peers_end(outs: &[PeerOut]) -> i32 {
+    unsafe { realm_peers_end(ptr(outs.as_ptr()), outs.len() as i32) }
+}
+
+/// Peer: block in the host until its mailbox moves past `seq`.
+pub fn peer_wait(seq: i32) -> i32 {
+    unsafe { realm_peer_wait(seq) }
+}
+
+/// Peer: wake the host thread waiting for this peer's result.
+pub fn peer_notify() -> i32 {
+    unsafe { realm_peer_notify() }
 }

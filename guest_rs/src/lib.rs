@@ -25,15 +25,55 @@ pub extern "C" fn realm_free(ptr: i32, size: i32) {
 /// Read config and tensor infos of `model_id`, allocate the KV cache and the weight cache.
 #[no_mangle]
 pub extern "C" fn realm_init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
-    model::init(model_id, n_ctx, budget)
+    model::init(model_id, n_ctx, budget, 1)
 }
 
-/// Build a logits shard of `model_id`: computes rows of the output matrix for a hidden state
-/// the host writes at `realm_hidden_ptr` (no layers, no KV cache; `realm_eval` fails); output rows
-/// [row0, row1) stay resident if they fit `budget`.
+/// `realm_init` for the main guest of `n_parts` instances: it multiplies part 0 of every layer
+/// matrix's rows itself and has the host run its peers (`realm_init_shard`) on the other parts.
 #[no_mangle]
-pub extern "C" fn realm_init_shard(model_id: i64, budget: i32, row0: i32, row1: i32) -> i32 {
-    model::init_shard(model_id, budget, row0, row1)
+pub extern "C" fn realm_init_main(model_id: i64, n_ctx: i32, budget: i32, n_parts: i32) -> i32 {
+    model::init(model_id, n_ctx, budget, n_parts)
+}
+
+/// Build peer `part` (1 <= part < n_parts) of `model_id`: multiplies its row parts of the layer
+/// matrices for the main guest (`realm_peer_run`) and of the output matrix for a hidden state the
+/// host writes at `realm_hidden_ptr` (no norms, no KV cache; `realm_eval` fails); its rows stay
+/// resident while they fit `budget`.
+#[no_mangle]
+pub extern "C" fn realm_init_shard(model_id: i64, budget: i32, part: i32, n_parts: i32) -> i32 {
+    model::init_shard(model_id, budget, part, n_parts)
+}
+
+/// Peer: its row parts of matrix group `group` (0 q/k/v, 1 attn_output, 2 gate/up, 3 down) of
+/// layer `layer` times the (nt, cols) input at `realm_peer_in_ptr`, written at `realm_peer_out_ptr`.
+#[no_mangle]
+pub extern "C" fn realm_peer_run(group: i32, layer: i32, nt: i32) -> i32 {
+    model::peer_run(group, layer, nt)
+}
+
+/// Peer: serve the host's mailbox (at `realm_peer_mailbox`) until told to stop: each bump of its
+/// sequence number runs one `realm_peer_run` without a call from the host.
+#[no_mangle]
+pub extern "C" fn realm_peer_serve() -> i32 {
+    model::peer_serve()
+}
+
+/// Peer: address of its mailbox (8 i32 words, docs/abi.md).
+#[no_mangle]
+pub extern "C" fn realm_peer_mailbox() -> i32 {
+    model::peer_mailbox()
+}
+
+/// Peer: address of its (64, max cols) f32 input buffer (0 if not a peer).
+#[no_mangle]
+pub extern "C" fn realm_peer_in_ptr() -> i32 {
+    model::peer_in_ptr()
+}
+
+/// Peer: address of its output buffer (0 if not a peer).
+#[no_mangle]
+pub extern "C" fn realm_peer_out_ptr() -> i32 {
+    model::peer_out_ptr()
 }
 
 /// Append tokens to the KV cache; mode 0: logits of the last position, 1: of every position,

@@ -13,6 +13,7 @@ use crate::kernels::{self, XQBuf};
 use crate::quants::{f32_to_f16, GgmlType};
 use crate::sample;
 use core::arch::wasm32::memory_size;
+use core::sync::atomic::{compiler_fence, Ordering};
 use std::alloc::{alloc as sys_alloc, dealloc, Layout};
 
 const SLACK: usize = 1 << 20; // headroom for the allocator and small allocations
@@ -380,6 +381,19 @@ struct Layer {
     sliding: bool,
 }
 
+impl Layer {
+    /// The matrices of group `g` (`abi::GROUP_*`) and how many there are.
+    fn group(&self, g: i32) -> Option<([Matrix; 3], usize)> {
+        Some(match g {
+            GROUP_QKV => ([self.attn_q, self.attn_k, self.attn_v], 3),
+            GROUP_O => ([self.attn_output; 3], 1),
+            GROUP_GATE_UP => ([self.ffn_gate, self.ffn_up, self.ffn_up], 2),
+            GROUP_DOWN => ([self.ffn_down; 3], 1),
+            _ => return None,
+        })
+    }
+}
+
 struct Acts {
     x: Vec<f32>,        // (n_batch, dim) residual stream
     xb: Vec<f32>,       // (n_batch, dim)
@@ -401,6 +415,10 @@ struct Engine {
     cfg: Config,
     n_ctx: usize,
     n_batch: usize,
+    part: usize,    // this instance computes part `part` of `n_parts` of every matrix's rows
+    n_parts: usize, // 1: alone; else the main guest is part 0 and its peers the others
+    peer_in: Vec<f32>,  // peer: (MAX_BATCH, max cols) input the host writes for `realm_peer_run`
+    peer_out: Vec<f32>, // peer: its row parts of one group, (nt, part rows) per matrix in turn
     w: Weights,
     layers: Vec<Layer>,
     token_embd: Matrix,    // (vocab_size, dim)
@@ -433,6 +451,21 @@ fn kv_capacity(cfg: &Config, il: usize, n_ctx: usize) -> usize {
     } else {
         n_ctx
     }
+}
+
+/// Rows [start, end) of part `part` of `n` of a matrix of `rows` rows: near-equal contiguous parts
+/// cut at multiples of 4 (rows are multiplied in groups of four counted from row 0, so no row's
+/// result depends on the split); the last part ends at `rows`. The host's `_row_ranges` is the
+/// same function.
+fn part_rows(rows: usize, part: usize, n: usize) -> (usize, usize) {
+    let cut = |i: usize| {
+        if i >= n {
+            rows
+        } else {
+            ((rows as u64 * i as u64 / n as u64) as usize / 4 * 4).min(rows)
+        }
+    };
+    (cut(part), cut(part + 1))
 }
 
 fn lookup(model_id: i64, name: &str) -> Res<(i32, TensorInfo)> {
@@ -497,10 +530,16 @@ fn optional_vector(want: bool, model_id: i64, name: &str, n: usize, budget: usiz
 }
 
 impl Engine {
-    /// `shard`: a logits shard (`realm_init_shard`): no layers, no KV cache, no sampler buffers;
-    /// only the output matrix, `hidden` (written by the host) and `logits`; it keeps output rows
-    /// `pin` resident when they fit its budget (else it streams them).
-    fn new(model_id: i64, n_ctx: usize, budget: usize, shard: bool, pin: (usize, usize)) -> Res<Engine> {
+    /// `parts` = (part, n_parts): this instance multiplies part `part` of every layer matrix's rows
+    /// (`part_rows`); (0, 1) alone. `shard`: a peer (`realm_init_shard`, part >= 1): no norms, no
+    /// KV cache, no sampler buffers; it multiplies its row parts of a layer's matrices for the
+    /// main guest (`realm_peer_run`) and its rows of the output matrix (`realm_logits_rows` on a
+    /// `hidden` the host writes), keeping those rows resident while they fit its budget.
+    fn new(model_id: i64, n_ctx: usize, budget: usize, shard: bool, parts: (usize, usize)) -> Res<Engine> {
+        let (part, n_parts) = parts;
+        if n_parts == 0 || part >= n_parts || shard != (part > 0) {
+            return Err(ERR_BAD_ARG);
+        }
         let mut raw = [0u8; CONFIG_BYTES];
         stats().host_calls += 1;
         let rc = host::get_config(model_id, &mut raw);
@@ -537,25 +576,25 @@ impl Engine {
         };
         let output_norm = vector(model_id, "output_norm.weight", dim, budget)?;
         let mut layers = Vec::new();
-        let n_layers = if shard { 0 } else { cfg.n_layers };
-        layers.try_reserve_exact(n_layers).map_err(|_| ERR_OOM)?;
-        for il in 0..n_layers {
+        layers.try_reserve_exact(cfg.n_layers).map_err(|_| ERR_OOM)?;
+        let main = !shard;
+        for il in 0..cfg.n_layers {
             let name = |s: &str| format!("blk.{}.{}.weight", il, s);
             let sliding = cfg.layer_is_sliding(il);
-            let kv_cap = kv_capacity(&cfg, il, n_ctx);
+            let kv_cap = if main { kv_capacity(&cfg, il, n_ctx) } else { 0 };
             layers.push(Layer {
-                attn_norm: vector(model_id, &name("attn_norm"), dim, budget)?,
-                attn_q_norm: optional_vector(cfg.qk_norm, model_id, &name("attn_q_norm"), cfg.head_dim, budget)?,
-                attn_k_norm: optional_vector(cfg.qk_norm, model_id, &name("attn_k_norm"), cfg.head_dim, budget)?,
+                attn_norm: optional_vector(main, model_id, &name("attn_norm"), dim, budget)?,
+                attn_q_norm: optional_vector(main && cfg.qk_norm, model_id, &name("attn_q_norm"), cfg.head_dim, budget)?,
+                attn_k_norm: optional_vector(main && cfg.qk_norm, model_id, &name("attn_k_norm"), cfg.head_dim, budget)?,
                 post_attention_norm: optional_vector(
-                    cfg.post_norms,
+                    main && cfg.post_norms,
                     model_id,
                     &name("post_attention_norm"),
                     dim,
                     budget,
                 )?,
-                ffn_norm: vector(model_id, &name("ffn_norm"), dim, budget)?,
-                post_ffw_norm: optional_vector(cfg.post_norms, model_id, &name("post_ffw_norm"), dim, budget)?,
+                ffn_norm: optional_vector(main, model_id, &name("ffn_norm"), dim, budget)?,
+                post_ffw_norm: optional_vector(main && cfg.post_norms, model_id, &name("post_ffw_norm"), dim, budget)?,
                 attn_q: matrix(model_id, &name("attn_q"), q_dim, dim)?,
                 attn_k: matrix(model_id, &name("attn_k"), kv_dim, dim)?,
                 attn_v: matrix(model_id, &name("attn_v"), kv_dim, dim)?,
@@ -576,16 +615,23 @@ impl Engine {
             + 3 * max_cols
             + token_embd.row_bytes
             + 24;
-        let n_batch = (budget / 8 / per_token).clamp(1, MAX_BATCH).min(n_ctx.max(1));
+        // a peer takes whatever batch the main guest runs (<= MAX_BATCH) and needs only its input,
+        // the quantized input and its outputs
+        let n_batch = if shard {
+            MAX_BATCH
+        } else {
+            (budget / 8 / per_token).clamp(1, MAX_BATCH).min(n_ctx.max(1))
+        };
+        let nb = if shard { 0 } else { n_batch };
         let a = Acts {
-            x: try_vec(n_batch * dim, 0f32, budget)?,
-            xb: try_vec(n_batch * dim, 0f32, budget)?,
-            xb2: try_vec(n_batch * q_dim, 0f32, budget)?,
-            q: try_vec(n_batch * q_dim, 0f32, budget)?,
-            k: try_vec(n_batch * kv_dim, 0f32, budget)?,
-            v: try_vec(n_batch * kv_dim, 0f32, budget)?,
-            hb: try_vec(n_batch * hidden, 0f32, budget)?,
-            hb2: try_vec(n_batch * hidden, 0f32, budget)?,
+            x: try_vec(nb * dim, 0f32, budget)?,
+            xb: try_vec(nb * dim, 0f32, budget)?,
+            xb2: try_vec(nb * q_dim, 0f32, budget)?,
+            q: try_vec(nb * q_dim, 0f32, budget)?,
+            k: try_vec(nb * kv_dim, 0f32, budget)?,
+            v: try_vec(nb * kv_dim, 0f32, budget)?,
+            hb: try_vec(nb * hidden, 0f32, budget)?,
+            hb2: try_vec(nb * hidden, 0f32, budget)?,
             att: try_vec(n_ctx, 0f32, budget)?,
             tmp: try_vec(max_cols, 0f32, budget)?,
             xq: XQBuf {
@@ -593,9 +639,26 @@ impl Engine {
                 d: try_vec(n_batch * (max_cols / kernels::QKX + 1), 0f32, budget)?,
                 s: try_vec(n_batch * (max_cols / kernels::QKX + 1), 0f32, budget)?,
             },
-            rope: try_vec(2 * n_batch * cfg.rope_dim, 0f32, budget)?,
-            embd: try_vec(n_batch * token_embd.row_bytes, 0u8, budget)?,
-            reqs: try_vec(n_batch, ReadReq::default(), budget)?,
+            rope: try_vec(2 * nb * cfg.rope_dim, 0f32, budget)?,
+            embd: try_vec(nb * token_embd.row_bytes, 0u8, budget)?,
+            reqs: try_vec(nb, ReadReq::default(), budget)?,
+        };
+        let (peer_in, peer_out) = if shard {
+            let mut out_rows = 0;
+            for l in &layers {
+                for g in [GROUP_QKV, GROUP_O, GROUP_GATE_UP, GROUP_DOWN] {
+                    if let Some((ms, k)) = l.group(g) {
+                        let rows: usize = ms[..k].iter().map(|m| {
+                            let (r0, r1) = part_rows(m.rows, part, n_parts);
+                            r1 - r0
+                        }).sum();
+                        out_rows = out_rows.max(rows);
+                    }
+                }
+            }
+            (try_vec(MAX_BATCH * max_cols, 0f32, budget)?, try_vec(MAX_BATCH * out_rows, 0f32, budget)?)
+        } else {
+            (Vec::new(), Vec::new())
         };
         let hidden_state = try_vec(dim, 0f32, budget)?;
         let logits = try_vec(vocab, 0f32, budget)?;
@@ -628,6 +691,10 @@ impl Engine {
             cfg,
             n_ctx,
             n_batch,
+            part,
+            n_parts,
+            peer_in,
+            peer_out,
             w: Weights {
                 model_id,
                 budget,
@@ -650,26 +717,15 @@ impl Engine {
             sample_cand,
             sample_seen,
         };
-        if !shard {
-            e.plan_cache();
-        } else if pin.0 > pin.1 || pin.1 > vocab {
-            return Err(ERR_BAD_ARG);
-        } else if pin.1 > pin.0 && e.w.cache.try_reserve_exact(1).is_ok() {
-            let rb = e.output.row_bytes;
-            if let Ok(data) = try_vec((pin.1 - pin.0) * rb, 0u8, budget) {
-                e.output.slot = Some(0);
-                e.w.cache.push(Slot {
-                    data,
-                    loaded: false,
-                    row0: pin.0,
-                });
-            }
-        }
+        e.plan_cache(shard);
         Ok(e)
     }
 
-    /// Pin matrices in access order while they fit the rest of the budget.
-    fn plan_cache(&mut self) {
+    /// Pin this instance's row parts of the layer matrices in access order while they fit the rest
+    /// of the budget, then the output matrix: all of it in the main guest (whose embedding lookups
+    /// may need any row), a peer's own part of its rows.
+    fn plan_cache(&mut self, shard: bool) {
+        let (part, n_parts) = (self.part, self.n_parts);
         let budget = self.w.budget;
         let n_slots = self.layers.len() * 7 + 1;
         if self.w.cache.try_reserve_exact(n_slots).is_err() {
@@ -692,18 +748,25 @@ impl Engine {
                 plan.push(m as *mut Matrix);
             }
         }
+        let n_layer_matrices = plan.len();
         plan.push(&mut self.output as *mut Matrix);
-        for mp in plan {
+        for (i, mp) in plan.into_iter().enumerate() {
             let m = unsafe { &mut *mp };
-            if m.n_bytes > i32::MAX as u64 {
+            let (r0, r1) = if i < n_layer_matrices || shard {
+                part_rows(m.rows, part, n_parts)
+            } else {
+                (0, m.rows)
+            };
+            let n_bytes = (r1 - r0) as u64 * m.row_bytes as u64;
+            if r1 == r0 || n_bytes > i32::MAX as u64 {
                 continue;
             }
-            if let Ok(data) = try_vec(m.n_bytes as usize, 0u8, budget) {
+            if let Ok(data) = try_vec(n_bytes as usize, 0u8, budget) {
                 m.slot = Some(self.w.cache.len());
                 self.w.cache.push(Slot {
                     data,
                     loaded: false,
-                    row0: 0,
+                    row0: r0,
                 });
             }
         }
@@ -765,6 +828,35 @@ impl Engine {
         Ok(())
     }
 
+    /// A peer's share of group `group` of layer `layer`: its row part of each of the group's
+    /// matrices times the (nt, cols) input in `peer_in`, into `peer_out` as one (nt, part rows)
+    /// block per matrix in turn.
+    fn peer_run(&mut self, group: i32, layer: usize, nt: usize) -> Res<()> {
+        if self.part == 0 || layer >= self.layers.len() || nt == 0 || nt > MAX_BATCH {
+            return Err(ERR_BAD_ARG);
+        }
+        let (ms, k) = self.layers[layer].group(group).ok_or(ERR_BAD_ARG)?;
+        let cols = ms[0].cols;
+        if nt * cols > self.peer_in.len() {
+            return Err(ERR_BAD_ARG);
+        }
+        let mut off = 0;
+        for m in &ms[..k] {
+            let (r0, r1) = part_rows(m.rows, self.part, self.n_parts);
+            let n = nt * (r1 - r0);
+            if off + n > self.peer_out.len() {
+                return Err(ERR_INTERNAL);
+            }
+            if n > 0 {
+                let out = &mut self.peer_out[off..off + n];
+                let x = &self.peer_in[..nt * cols];
+                self.w.matmul_rows(m, r0, r1, x, nt, out, r1 - r0, &mut self.a.tmp, &mut self.a.xq)?;
+            }
+            off += n;
+        }
+        Ok(())
+    }
+
     /// logits[r0..r1] = output[r0..r1] · hidden (softcapped); the other rows are left as they are.
     fn logits_rows(&mut self, r0: usize, r1: usize) -> Res<()> {
         if r0 > r1 || r1 > self.cfg.vocab_size {
@@ -807,6 +899,7 @@ impl Engine {
             Self::rope_table(&cfg, pos0 + t, cfg.rope_theta_local, 1.0, l);
         }
 
+        let parts = (self.part, self.n_parts);
         for il in 0..cfg.n_layers {
             let layer = &mut self.layers[il];
             let a = &mut self.a;
@@ -820,9 +913,17 @@ impl Engine {
                     cfg.norm_eps,
                 );
             }
-            w.matmul(&layer.attn_q, &a.xb, nt, &mut a.q, q_dim, &mut a.tmp, &mut a.xq)?;
-            w.matmul(&layer.attn_k, &a.xb, nt, &mut a.k, kv_dim, &mut a.tmp, &mut a.xq)?;
-            w.matmul(&layer.attn_v, &a.xb, nt, &mut a.v, kv_dim, &mut a.tmp, &mut a.xq)?;
+            group_matmul(
+                w,
+                parts,
+                (GROUP_QKV, il),
+                &[layer.attn_q, layer.attn_k, layer.attn_v],
+                &a.xb[..nt * dim],
+                nt,
+                &mut [(&mut a.q[..], q_dim), (&mut a.k[..], kv_dim), (&mut a.v[..], kv_dim)],
+                &mut a.tmp,
+                &mut a.xq,
+            )?;
             let kind = if layer.sliding { 1 } else { 0 };
             for t in 0..nt {
                 let pos = pos0 + t;
@@ -867,7 +968,17 @@ impl Engine {
                 let out = &mut a.xb2[t * q_dim..(t + 1) * q_dim];
                 attention(&cfg, layer, q, out, &mut a.att, lo, pos);
             }
-            w.matmul(&layer.attn_output, &a.xb2, nt, &mut a.xb, dim, &mut a.tmp, &mut a.xq)?;
+            group_matmul(
+                w,
+                parts,
+                (GROUP_O, il),
+                &[layer.attn_output],
+                &a.xb2[..nt * q_dim],
+                nt,
+                &mut [(&mut a.xb[..], dim)],
+                &mut a.tmp,
+                &mut a.xq,
+            )?;
             for t in 0..nt {
                 let xb = &mut a.xb[t * dim..(t + 1) * dim];
                 if cfg.post_norms {
@@ -886,12 +997,31 @@ impl Engine {
                     cfg.norm_eps,
                 );
             }
-            w.matmul(&layer.ffn_gate, &a.xb, nt, &mut a.hb, hidden, &mut a.tmp, &mut a.xq)?;
-            w.matmul(&layer.ffn_up, &a.xb, nt, &mut a.hb2, hidden, &mut a.tmp, &mut a.xq)?;
+            group_matmul(
+                w,
+                parts,
+                (GROUP_GATE_UP, il),
+                &[layer.ffn_gate, layer.ffn_up],
+                &a.xb[..nt * dim],
+                nt,
+                &mut [(&mut a.hb[..], hidden), (&mut a.hb2[..], hidden)],
+                &mut a.tmp,
+                &mut a.xq,
+            )?;
             for (g, u) in a.hb[..nt * hidden].iter_mut().zip(a.hb2.iter()) {
                 *g = activation(cfg.activation, *g) * *u;
             }
-            w.matmul(&layer.ffn_down, &a.hb, nt, &mut a.xb, dim, &mut a.tmp, &mut a.xq)?;
+            group_matmul(
+                w,
+                parts,
+                (GROUP_DOWN, il),
+                &[layer.ffn_down],
+                &a.hb[..nt * hidden],
+                nt,
+                &mut [(&mut a.xb[..], dim)],
+                &mut a.tmp,
+                &mut a.xq,
+            )?;
             for t in 0..nt {
                 let xb = &mut a.xb[t * dim..(t + 1) * dim];
                 if cfg.post_norms {
@@ -1006,6 +1136,61 @@ impl Engine {
 // ---------------------------------------------------------------------------------------------
 // Forward-pass pieces.
 
+/// outs[j].0[t * outs[j].1 + r] = ms[j][r] · x[t] for every row r of the matrices of one group
+/// (`what` = (group, layer)). With peers (`parts.1` > 1) the host starts them on their row parts
+/// first, this instance multiplies its own part, then the host waits for the peers and writes
+/// theirs: the same rows by the same kernels on the same input, so the result does not depend on
+/// the number of parts.
+#[allow(clippy::too_many_arguments)]
+fn group_matmul(
+    w: &mut Weights,
+    parts: (usize, usize),
+    what: (i32, usize),
+    ms: &[Matrix],
+    x: &[f32],
+    nt: usize,
+    outs: &mut [(&mut [f32], usize)],
+    tmp: &mut [f32],
+    xqb: &mut XQBuf,
+) -> Res<()> {
+    let (part, n_parts) = parts;
+    if n_parts > 1 {
+        stats().host_calls += 1;
+        let rc = host::peers_begin(what.0, what.1 as i32, x, nt as i32, ms[0].cols as i32);
+        if rc < 0 {
+            return Err(rc);
+        }
+    }
+    let mut res = Ok(());
+    for (m, (out, stride)) in ms.iter().zip(outs.iter_mut()) {
+        let (r0, r1) = part_rows(m.rows, part, n_parts);
+        if r1 > r0 {
+            res = w.matmul_rows(m, r0, r1, x, nt, &mut out[r0..], *stride, tmp, xqb);
+            if res.is_err() {
+                break;
+            }
+        }
+    }
+    if n_parts > 1 {
+        // always gathered, even after an error: the peers never outlive this call
+        let mut descs = [PeerOut::default(); 3];
+        for (d, (m, (out, stride))) in descs.iter_mut().zip(ms.iter().zip(outs.iter())) {
+            *d = PeerOut {
+                out_ptr: out.as_ptr() as usize as i32,
+                stride: *stride as i32,
+                rows: m.rows as i32,
+                reserved: 0,
+            };
+        }
+        stats().host_calls += 1;
+        let rc = host::peers_end(&descs[..ms.len()]);
+        if rc < 0 && res.is_ok() {
+            res = Err(rc);
+        }
+    }
+    res
+}
+
 /// out = x / sqrt(mean(x^2) + eps) * w
 fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let ss: f64 = x.iter().map(|v| (*v as f64) * (*v as f64)).sum();
@@ -1108,21 +1293,21 @@ fn code(r: Res<()>) -> i32 {
     }
 }
 
-pub fn init(model_id: i64, n_ctx: i32, budget: i32) -> i32 {
-    if n_ctx <= 0 {
+pub fn init(model_id: i64, n_ctx: i32, budget: i32, n_parts: i32) -> i32 {
+    if n_ctx <= 0 || n_parts <= 0 {
         return ERR_BAD_ARG;
     }
-    build(model_id, n_ctx as usize, budget, false, (0, 0))
+    build(model_id, n_ctx as usize, budget, false, (0, n_parts as usize))
 }
 
-pub fn init_shard(model_id: i64, budget: i32, row0: i32, row1: i32) -> i32 {
-    if row0 < 0 || row1 < 0 {
+pub fn init_shard(model_id: i64, budget: i32, part: i32, n_parts: i32) -> i32 {
+    if part <= 0 || n_parts <= part {
         return ERR_BAD_ARG;
     }
-    build(model_id, 0, budget, true, (row0 as usize, row1 as usize))
+    build(model_id, 0, budget, true, (part as usize, n_parts as usize))
 }
 
-fn build(model_id: i64, n_ctx: usize, budget: i32, shard: bool, pin: (usize, usize)) -> i32 {
+fn build(model_id: i64, n_ctx: usize, budget: i32, shard: bool, parts: (usize, usize)) -> i32 {
     if model_id <= 0 || budget == 0 {
         return ERR_BAD_ARG;
     }
@@ -1138,7 +1323,7 @@ fn build(model_id: i64, n_ctx: usize, budget: i32, shard: bool, pin: (usize, usi
         };
     }
     let budget = budget as u32 as usize;
-    match Engine::new(model_id, n_ctx, budget, shard, pin) {
+    match Engine::new(model_id, n_ctx, budget, shard, parts) {
         Ok(e) => {
             unsafe { ENGINE = Some(Box::new(e)) }; // the struct is small; its buffers are allocated
             mem_bytes();
@@ -1188,6 +1373,106 @@ pub fn logits_rows(row0: i32, row1: i32) -> i32 {
     let r = code(e.logits_rows(row0 as usize, row1 as usize));
     mem_bytes();
     r
+}
+
+pub fn peer_run(group: i32, layer: i32, nt: i32) -> i32 {
+    let e = match engine() {
+        Ok(e) => e,
+        Err(c) => return c,
+    };
+    if layer < 0 || nt <= 0 {
+        return ERR_BAD_ARG;
+    }
+    let r = code(e.peer_run(group, layer as usize, nt as usize));
+    mem_bytes();
+    r
+}
+
+/// A peer's mailbox (`realm_peer_serve`), words: 0 seq (host), 1 group, 2 layer, 3 nt (host),
+/// 4 done (peer: the seq it finished), 5 rc (peer), 6 stop (host).
+static mut MAILBOX: [i32; 8] = [0; 8];
+const MB_SEQ: usize = 0;
+const MB_GROUP: usize = 1;
+const MB_LAYER: usize = 2;
+const MB_NT: usize = 3;
+const MB_DONE: usize = 4;
+const MB_RC: usize = 5;
+const MB_STOP: usize = 6;
+/// Mailbox polls before a peer blocks in the host (`realm_peer_wait`): ~1 ms.
+const SPIN_POLLS: u32 = 1 << 20;
+
+fn mailbox_read(i: usize) -> i32 {
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(MAILBOX[i])) }
+}
+
+pub fn peer_mailbox() -> i32 {
+    unsafe { core::ptr::addr_of!(MAILBOX) as usize as i32 }
+}
+
+/// A peer's serving loop for one `realm_eval` of the main guest: wait for the host to bump the
+/// mailbox's seq (polling, then blocking in `realm_peer_wait`), run the group it names
+/// (`peer_run`), publish rc then done = seq and tell the host (`realm_peer_notify`: the main
+/// guest's thread blocks rather than polls, which would hold the GIL against this peer's own host
+/// calls); return when the host sets stop.
+pub fn peer_serve() -> i32 {
+    let e = match engine() {
+        Ok(e) if e.part > 0 => e,
+        Ok(_) => return ERR_BAD_ARG,
+        Err(c) => return c,
+    };
+    let mut seen = mailbox_read(MB_DONE);
+    loop {
+        let mut polls = 0u32;
+        let mut seq = mailbox_read(MB_SEQ);
+        while seq == seen {
+            polls += 1;
+            if polls >= SPIN_POLLS {
+                let rc = host::peer_wait(seen);
+                if rc < 0 {
+                    return rc;
+                }
+                polls = 0;
+            }
+            seq = mailbox_read(MB_SEQ);
+        }
+        // the host writes the input and the op before seq; read them only after it
+        compiler_fence(Ordering::SeqCst);
+        if mailbox_read(MB_STOP) != 0 {
+            return 0;
+        }
+        let (group, layer, nt) = (mailbox_read(MB_GROUP), mailbox_read(MB_LAYER), mailbox_read(MB_NT));
+        let rc = if layer < 0 || nt <= 0 {
+            ERR_BAD_ARG
+        } else {
+            code(e.peer_run(group, layer as usize, nt as usize))
+        };
+        mem_bytes();
+        compiler_fence(Ordering::SeqCst);
+        unsafe {
+            core::ptr::write_volatile(core::ptr::addr_of_mut!(MAILBOX[MB_RC]), rc);
+            compiler_fence(Ordering::SeqCst);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!(MAILBOX[MB_DONE]), seq);
+        }
+        let rc = host::peer_notify();
+        if rc < 0 {
+            return rc;
+        }
+        seen = seq;
+    }
+}
+
+pub fn peer_in_ptr() -> i32 {
+    match engine() {
+        Ok(e) if !e.peer_in.is_empty() => e.peer_in.as_ptr() as usize as i32,
+        _ => 0,
+    }
+}
+
+pub fn peer_out_ptr() -> i32 {
+    match engine() {
+        Ok(e) if !e.peer_out.is_empty() => e.peer_out.as_ptr() as usize as i32,
+        _ => 0,
+    }
 }
 
 pub fn logits_ptr() -> i32 {

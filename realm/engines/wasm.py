@@ -4,19 +4,23 @@ The model goes into a `ModelStore` (mapped once, shared by every guest); the gue
 reference, reads weights through the host functions of docs/abi.md and keeps its KV cache and a
 tensor cache inside a linear memory capped by `memory_budget`.
 
-A guest is single-threaded. With `threads` > 1 the engine adds `threads - 1` logits shards: more
-instances of the same guest, each in its own sandbox, that compute a share of the output matrix's
-rows (the biggest matrix of a small model: 178 of 253 MB of Gemma 3 270M) in parallel threads
-while the main guest computes the rest. The host passes the main guest's final hidden state (dim
-floats) to each shard and copies the shards' logit rows back; every row is computed by the same
-kernel on the same input whoever computes it, so the logits are bit-identical for any `threads`.
+A guest is single-threaded. With `threads` > 1 the engine adds `threads - 1` shards (peers): more
+instances of the same guest, each in its own sandbox, that multiply a part of every matrix's rows
+in parallel threads while the main guest multiplies part 0 and does everything else (norms,
+attention, KV cache, sampling). For each group of a layer's matrices (q/k/v, attn_output,
+gate/up, down) the main guest calls `realm_peers_begin` (the host copies the group's input into
+every shard and starts it on its rows), multiplies its own rows, then `realm_peers_end` (the host
+waits and copies the shards' rows into the main guest's output). The output matrix is split the
+same way, on the final hidden state. Every row is computed by the same kernel on the same input
+whoever computes it, so the results are bit-identical for any `threads`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Any
 
 import numpy as np
@@ -45,11 +49,24 @@ def default_threads() -> int:
     return max(1, min(cores, MAX_DEFAULT_THREADS))
 
 
-def shard_budget(vocab_size: int) -> int:
-    """Memory of one logits shard: the guest image and stack (~1.1 MiB), a 1 MiB streaming chunk,
-    the (vocab,) logits, allocator slack (1 MiB) and small buffers, rounded up to 1 MiB."""
-    need = (4 << 20) + 4 * int(vocab_size)
-    return -(-need // (1 << 20)) * (1 << 20)
+def _max_cols(config) -> int:
+    return max(int(config.dim), int(config.hidden_dim), int(config.q_dim))
+
+
+def shard_budget(config, n_parts: int) -> int:
+    """Memory of one shard that caches nothing: the guest image and stack (~1.1 MiB), a 1 MiB
+    streaming chunk, allocator slack (1 MiB), the (vocab,) logits, and for MAX_BATCH tokens its input
+    (f32 and quantized) and its row part of the largest matrix group, rounded up to 1 MiB."""
+    max_cols = _max_cols(config)
+    group_rows = max(int(config.q_dim) + 2 * int(config.kv_dim), 2 * int(config.hidden_dim), int(config.dim))
+    part_rows = group_rows // n_parts + 12
+    need = ((4 << 20) + 4 * int(config.vocab_size) + 4 * max_cols
+            + MAX_BATCH * (6 * max_cols + 8 * (max_cols // 32 + 1) + 4 * part_rows))
+    return _mib_up(need)
+
+
+def _mib_up(n: int) -> int:
+    return -(-int(n) // (1 << 20)) * (1 << 20)
 
 
 def default_timeout(tensor_bytes: int) -> float:
@@ -75,10 +92,12 @@ class WasmEngine:
     max_read_bytes : the tenant's total read quota in bytes (default None: unlimited; the guest
         streams the weights it cannot cache, so a decoded token can read the whole model). A quota
         keeps the engine to one instance (the quota is the tenant's, not per instance).
-    threads : guest instances computing the output matrix in parallel (default: `default_threads()`,
-        reduced to 1 for an output matrix under 8 MiB). The shards' memory (`shard_budget`, 5 MiB for
-        a 262,144-token vocabulary) comes out of `memory_budget`, which stays the engine's total;
-        shards are dropped when the main guest would keep less than 16 MiB.
+    threads : guest instances multiplying the weights in parallel (default: `default_threads()`,
+        reduced to 1 for an output matrix under 8 MiB). The shards' memory comes out of
+        `memory_budget`, which stays the engine's total: each gets `shard_budget` (7 MiB for Gemma 3
+        270M) plus a share of what the main guest's KV cache and buffers leave over, to cache its
+        rows (`_plan_shard_budgets`); shards are dropped when the main guest would keep less than
+        16 MiB.
     """
 
     def __init__(self, gguf_file, config, n_ctx: int = 2048, memory_budget: int = DEFAULT_BUDGET,
@@ -97,11 +116,13 @@ class WasmEngine:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise GuestError(f"threads must be a positive integer, got {threads!r}")
         n_shards = self._plan_shards(gguf_file, config, threads)
-        self._ranges = _row_ranges(int(config.vocab_size), 1 + n_shards)
-        self._shard_budgets = self._plan_shard_budgets(gguf_file, config, self._ranges[1:])
+        n_parts = 1 + n_shards
+        self._ranges = _row_ranges(int(config.vocab_size), n_parts)
+        self._shard_budgets = self._plan_shard_budgets(gguf_file, config, n_parts)
         main_budget = self.memory_budget - sum(self._shard_budgets)
         self._shards: list[Guest] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._workers: list[_Worker] = []  # one thread per shard
+        self._peers: _Peers | None = None
         self._broken: str | None = None  # why a shard failed: the engine's instances are out of step
         t0 = time.perf_counter()
         self.guest = Guest(wasm, model_store=self.model_store, memory_budget=main_budget,
@@ -113,7 +134,11 @@ class WasmEngine:
             if self.n_ctx <= 0:
                 raise GuestError(f"context size must be positive, got {self.n_ctx}")
             t1 = time.perf_counter()
-            rc = self.guest.call("realm_init", self.model_id, self.n_ctx, _i32(min(main_budget, 0xFFFFFFFF)))
+            budget_arg = _i32(min(main_budget, 0xFFFFFFFF))
+            if n_parts > 1:
+                rc = self.guest.call("realm_init_main", self.model_id, self.n_ctx, budget_arg, n_parts)
+            else:
+                rc = self.guest.call("realm_init", self.model_id, self.n_ctx, budget_arg)
             self.init_seconds = time.perf_counter() - t1
             if rc == Err.ERR_OOM:
                 raise guest_error(
@@ -127,18 +152,19 @@ class WasmEngine:
             self._tok_ptr = self.guest.alloc(4 * self._tok_cap)
             self._params_ptr = self.guest.alloc(abi.SAMPLE_PARAMS.size)
             self._stats_ptr = self.guest.alloc(abi.GUEST_STATS.size)
-            for budget, (r0, r1) in zip(self._shard_budgets, self._ranges[1:]):
-                self._shards.append(self._start_shard(gguf_file, wasm, budget, r0, r1))
+            for part, budget in enumerate(self._shard_budgets, start=1):
+                self._shards.append(self._start_shard(gguf_file, wasm, budget, part, n_parts))
             self.threads = 1 + len(self._shards)
             if self._shards:
-                self._pool = ThreadPoolExecutor(max_workers=len(self._shards), thread_name_prefix="realm-shard")
+                self._workers = [_Worker(g) for g in self._shards]
                 self._hidden_ptr = self.guest.call("realm_hidden_ptr") & 0xFFFFFFFF
+                self._peers = self.guest.tenant.peers = _Peers(self._workers, _max_cols(config), mailbox=_mailbox_ok())
         except BaseException:
             self.close()
             raise
 
     def _plan_shards(self, gguf_file, config, threads: int | None) -> int:
-        """How many logits shards this engine gets (see the class docstring)."""
+        """How many shards this engine gets (see the class docstring)."""
         if self.max_read_bytes is not None:
             return 0
         want = threads
@@ -148,39 +174,60 @@ class WasmEngine:
             if out is None or int(out.n_bytes) < MIN_SHARD_OUTPUT_BYTES:
                 want = 1
         n = want - 1
-        while n > 0 and self.memory_budget - n * shard_budget(config.vocab_size) < MIN_MAIN_BUDGET:
+        while n > 0 and self.memory_budget - n * shard_budget(config, n + 1) < MIN_MAIN_BUDGET:
             n -= 1
         return n
 
-    def _plan_shard_budgets(self, gguf_file, config, ranges: list[tuple[int, int]]) -> list[int]:
-        """Each shard's memory: `shard_budget` (it streams its rows), or enough to keep its rows of
-        the output matrix resident when the rest of the budget still holds every weight in the main
-        guest (a "resident" budget: then no instance streams anything after the first token)."""
-        base = shard_budget(config.vocab_size)
-        if not ranges:
+    def _plan_shard_budgets(self, gguf_file, config, n_parts: int) -> list[int]:
+        """Each shard's memory. When the budget holds every weight (the main guest: its part of
+        the layer matrices, the whole output matrix for embedding lookups, the KV cache and 32 MiB
+        of buffers; each shard: `shard_budget` plus its parts of the layer and output matrices),
+        that. Otherwise `shard_budget` plus an equal share (one of `n_parts`) of what the main
+        guest's KV cache and buffers leave of the budget, at most the shard's part of the layer
+        matrices: every instance then caches about as much of its part and streams the rest."""
+        if n_parts <= 1:
             return []
+        base = shard_budget(config, n_parts)
+        tensors = getattr(gguf_file, "tensors", None) or {}
+        suffixes = tuple(f".{n}.weight" for n in ("attn_q", "attn_k", "attn_v", "attn_output",
+                                                   "ffn_gate", "ffn_up", "ffn_down"))
+        layer_bytes = sum(int(t.n_bytes) for name, t in tensors.items()
+                          if name.startswith("blk.") and name.endswith(suffixes))
         out = _output_tensor(gguf_file)
-        if out is None:
-            return [base] * len(ranges)
-        row_bytes = int(out.n_bytes) // int(config.vocab_size)
-        pinned = [-(-(base + (r1 - r0) * row_bytes) // (1 << 20)) * (1 << 20) for r0, r1 in ranges]
-        kv_bytes = 4 * int(config.n_layers) * int(config.n_kv_heads) * int(config.head_dim) * self.n_ctx
-        main_resident = _tensor_bytes(gguf_file) + kv_bytes + (32 << 20)
-        if self.memory_budget - sum(pinned) >= main_resident:
+        out_bytes = int(out.n_bytes) if out is not None else 0
+        vocab = int(config.vocab_size)
+        kv_dim = int(config.n_kv_heads) * int(config.head_dim)
+        window = int(getattr(config, "sliding_window", 0) or 0)
+        kv_bytes = 4 * kv_dim * sum(min(self.n_ctx, window + MAX_BATCH) if config.layer_is_sliding(il) else self.n_ctx
+                                    for il in range(int(config.n_layers)))
+        part_layer = -(-layer_bytes // n_parts)
+        pinned = [_mib_up(base + part_layer + out_bytes * (r1 - r0) // max(vocab, 1))
+                  for r0, r1 in self._ranges[1:]]
+        if self.memory_budget - sum(pinned) >= part_layer + out_bytes + kv_bytes + (32 << 20):
             return pinned
-        return [base] * len(ranges)
+        main_fixed = kv_bytes + self.memory_budget // 8 + 12 * vocab + (4 << 20)
+        spare = self.memory_budget - main_fixed - (n_parts - 1) * base
+        share = max(0, min(part_layer, spare // n_parts,
+                           (self.memory_budget - MIN_MAIN_BUDGET) // (n_parts - 1) - base))
+        return [base + share // (1 << 20) * (1 << 20)] * (n_parts - 1)
 
-    def _start_shard(self, gguf_file, wasm, budget: int, row0: int, row1: int) -> Guest:
-        """One more guest instance holding the model, initialised as a logits shard for rows [row0, row1)."""
+    def _start_shard(self, gguf_file, wasm, budget: int, part: int, n_parts: int) -> Guest:
+        """One more guest instance holding the model, initialised as part `part` of `n_parts`."""
         g = Guest(wasm, model_store=self.model_store, memory_budget=budget, timeout=self.timeout,
                   name=f"{self.guest.name}-shard")
         try:
             model_id = self.model_store.add(gguf_file, holder=g.holder, pin=False)
             g.tenant.adopt(model_id, self.model_store.get(model_id))
-            rc = g.call("realm_init_shard", model_id, _i32(budget), row0, row1)
+            rc = g.call("realm_init_shard", model_id, _i32(budget), part, n_parts)
+            if rc == Err.ERR_OOM:
+                raise guest_error(f"a shard's memory of {budget / 2**20:.1f} MiB is too small for this model; "
+                                  "raise --memory-budget or lower --threads", rc)
             if rc < 0:
                 raise guest_error("realm_init_shard failed", rc)
             g.shard_hidden_ptr = g.call("realm_hidden_ptr") & 0xFFFFFFFF
+            g.peer_in_ptr = g.call("realm_peer_in_ptr") & 0xFFFFFFFF
+            g.peer_out_ptr = g.call("realm_peer_out_ptr") & 0xFFFFFFFF
+            g.part, g.n_parts = part, n_parts
         except BaseException:
             g.close()
             raise
@@ -190,8 +237,10 @@ class WasmEngine:
 
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Append `ids` to the KV cache; logits (vocab,) of the last position, or (len(ids), vocab)."""
+        if self._broken is None and self._peers is not None and self._peers.failed is not None:
+            self._broken = self._peers.failed
         if self._broken is not None:
-            raise GuestError(f"a logits shard of this engine failed earlier ({self._broken}); create a new engine")
+            raise GuestError(f"a shard of this engine failed earlier ({self._broken}); create a new engine")
         ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
         n = ids.shape[0]
         if n == 0:
@@ -232,7 +281,16 @@ class WasmEngine:
         """realm_eval on at most MAX_BATCH tokens; the guest leaves n_past unchanged on failure."""
         chunk = chunk.astype(np.int32)  # (chunk,)
         self.guest.write(self._tok_ptr, chunk)
-        rc = self.guest.call("realm_eval", self._tok_ptr, chunk.shape[0], mode)
+        if self._peers is not None:
+            self._peers.start()
+        try:
+            rc = self.guest.call("realm_eval", self._tok_ptr, chunk.shape[0], mode)
+        finally:
+            if self._peers is not None:
+                self._peers.stop()
+        if self._peers is not None and self._peers.failed is not None:
+            self._broken = self._peers.failed
+            raise GuestError(f"a shard of this engine failed: {self._broken}")
         if rc == Err.ERR_OOM and oom_ok:
             return rc
         if rc < 0:
@@ -249,24 +307,24 @@ class WasmEngine:
         """Last-position logits computed by the main guest and the shards in parallel, gathered
         into the main guest's logits buffer (where `realm_sample` reads them)."""
         hidden = self.guest.read(self._hidden_ptr, 4 * self.config.dim)
-        futures = [self._pool.submit(_shard_rows, g, hidden, r0, r1)
-                   for g, (r0, r1) in zip(self._shards, self._ranges[1:])]
+        for w, (r0, r1) in zip(self._workers, self._ranges[1:]):
+            w.submit(_shard_rows, w.guest, hidden, r0, r1)
         try:
             r0, r1 = self._ranges[0]
             rc = self.guest.call("realm_logits_rows", r0, r1)
             if rc < 0:
                 raise guest_error("realm_logits_rows failed" + self._hint(rc), rc)
             ptr = self.guest.call("realm_logits_ptr") & 0xFFFFFFFF
-            for f, (a, _) in zip(futures, self._ranges[1:]):
+            for w, (a, _) in zip(self._workers, self._ranges[1:]):
                 try:
-                    rows = f.result()
+                    rows = w.result()
                 except GuestError as e:
                     self._broken = str(e)
                     raise
                 self.guest.write(ptr + 4 * a, rows)
         finally:
-            for f in futures:  # never leave a shard running into the next call
-                f.exception()
+            for w in self._workers:  # never leave a shard running into the next call
+                w.wait()
 
     def _hint(self, rc: int) -> str:
         if rc == Err.ERR_QUOTA:
@@ -317,7 +375,7 @@ class WasmEngine:
 
     @property
     def guests(self) -> list[Guest]:
-        """The engine's guest instances: the main guest, then its logits shards."""
+        """The engine's guest instances: the main guest, then its shards."""
         return [self.guest, *self._shards]
 
     @property
@@ -348,9 +406,9 @@ class WasmEngine:
 
     def close(self) -> None:
         """Drop the guests (main and shards) and their references to the stored model."""
-        pool, self._pool = getattr(self, "_pool", None), None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        workers, self._workers = getattr(self, "_workers", []), []
+        for w in workers:
+            w.stop()
         for g in getattr(self, "_shards", []):
             g.close()
         guest = getattr(self, "guest", None)
@@ -380,9 +438,280 @@ def _shard_rows(g: Guest, hidden: bytes, r0: int, r1: int) -> bytes:
     return g.read(ptr + 4 * r0, 4 * (r1 - r0))
 
 
+class _Peers:
+    """The shards as the main guest's peers: `realm_peers_begin` / `realm_peers_end` (docs/abi.md)
+    land here. `begin` copies the group's input into every shard and starts each on its row parts;
+    `end` waits for them and copies each shard's rows into the main guest's outputs. At most one
+    group is in flight, and no shard runs past the main guest's call (`stop`, `abandon`). A shard
+    that fails marks the peers `failed`.
+
+    Two ways to start a shard. With `mailbox` (x86-64, whose stores the shard sees in program
+    order), each shard runs `realm_peer_serve` in its worker for the whole `realm_eval` of the
+    main guest and polls a mailbox in its own memory: `begin` writes the input and the op, then
+    bumps the sequence number; the shard writes its rc, then `done`. No thread hand-off, no call
+    into wasm, no GIL on the shard's side: ~10 us a group instead of ~100. Otherwise each group is
+    one `realm_peer_run` call made by the shard's worker thread."""
+
+    def __init__(self, workers: list["_Worker"], max_cols: int, mailbox: bool = False):
+        self.workers = workers
+        self.max_cols = max_cols
+        self.n_parts = 1 + len(workers)
+        self.failed: str | None = None
+        self._pending: int | None = None  # nt of the group in flight
+        self.links = [_MailboxLink(w) for w in workers] if mailbox else None
+        self._serving = False
+
+    def start(self) -> None:
+        """Before each `realm_eval` of the main guest: set the shards serving their mailboxes."""
+        if self.links is None or self.failed is not None:
+            return
+        for link in self.links:
+            link.reset()
+            link.worker.submit(_serve, link.worker.guest)
+        self._serving = True
+
+    def stop(self) -> None:
+        """After each `realm_eval` of the main guest: no shard keeps running."""
+        self.abandon()
+        if not self._serving:
+            return
+        self._serving = False
+        for link in self.links:
+            link.post_stop()
+        for link in self.links:
+            self._collect(link.worker)
+
+    def begin(self, group: int, layer: int, nt: int, cols: int, data: bytes) -> int:
+        if self._pending is not None:
+            self.abandon()
+            return int(Err.ERR_BAD_ARG)
+        if self.failed is not None:
+            return int(Err.ERR_INTERNAL)
+        if self.links is not None:
+            if not self._serving:
+                return int(Err.ERR_BAD_ARG)
+            for link in self.links:
+                link.post(group, layer, nt, data)
+        else:
+            for w in self.workers:
+                w.submit(_peer_run, w.guest, data, group, layer, nt)
+        self._pending = nt
+        return len(self.workers)
+
+    def end(self, outs: list[tuple[int, int, int]], dst) -> int:
+        """Gather; `dst(ptr, n)` validates a range of the main guest's memory, returns its address."""
+        if self._pending is None:
+            return int(Err.ERR_BAD_ARG)
+        nt = self._pending
+        rc = self._wait()
+        if rc < 0:
+            return rc
+        for k, w in enumerate(self.workers):
+            g = w.guest
+            # a serving shard is inside a wasm call: its memory is addressed through the span
+            # taken before the call (memory never moves; it can only grow)
+            address = self.links[k].address if self._serving else g.address
+            off = g.peer_out_ptr
+            for out_ptr, stride, rows in outs:
+                a, b = _row_ranges(rows, self.n_parts)[g.part]
+                n = 4 * (b - a)
+                if n:
+                    src = address(off, nt * n)
+                    if stride * 4 == n:
+                        ctypes.memmove(dst(out_ptr + 4 * a, nt * n), src, nt * n)
+                    else:
+                        for t in range(nt):
+                            ctypes.memmove(dst(out_ptr + 4 * (t * stride + a), n), src + t * n, n)
+                off += nt * n
+        return 0
+
+    def abandon(self) -> None:
+        if self._pending is not None:
+            self._wait()
+
+    def _wait(self) -> int:
+        self._pending = None
+        rc = 0
+        if self.links is not None:
+            for link in self.links:
+                r = link.wait_done()
+                if r is None:  # the shard's serve call ended early: it failed (`stop` collects the rest)
+                    self._collect(link.worker)
+                    r = int(Err.ERR_INTERNAL)
+                elif r < 0 and self.failed is None:
+                    self.failed = f"{link.worker.guest.name}: realm_peer_run failed: {abi.code_name(r)}"
+                rc = rc or min(r, 0)
+            return rc
+        for w in self.workers:
+            rc = self._collect(w) or rc
+        return rc
+
+    def _collect(self, w: "_Worker") -> int:
+        """Take a worker's result: 0, or ERR_INTERNAL (and `failed`) if its job raised."""
+        try:
+            w.result()
+        except GuestError as e:
+            if self.failed is None:
+                self.failed = str(e)
+            return int(Err.ERR_INTERNAL)
+        return 0
+
+
+MB_SEQ, MB_GROUP, MB_LAYER, MB_NT, MB_DONE, MB_RC, MB_STOP = range(7)  # mailbox words (guest model.rs)
+
+
+def _mailbox_ok() -> bool:
+    """Mailbox peers need x86-64's store order and wasmtime's raw calls; REALM_PEER_MAILBOX=0 turns them off."""
+    import platform
+    if os.environ.get("REALM_PEER_MAILBOX", "1") == "0":
+        return False
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+class _MailboxLink:
+    """The host's end of one shard's mailbox (8 i32 words in the shard's memory)."""
+
+    def __init__(self, worker: "_Worker"):
+        self.worker = worker
+        g = worker.guest
+        self.mb_ptr = g.call("realm_peer_mailbox") & 0xFFFFFFFF
+        self.seq = 0
+        self.wake = threading.Event()  # set by the main side: the shard may stop blocking
+        self.done_event = threading.Event()  # set by the shard (`realm_peer_notify`): a result is out
+        self.mb = None
+        g.tenant.peer_link = self
+
+    def reset(self) -> None:
+        """Before a serve call (the shard is idle): map the mailbox, clear stop, done = seq."""
+        g = self.worker.guest
+        self.base, self.size = g.address(0, 0), g.memory_size
+        self.mb = (ctypes.c_int32 * 8).from_address(self.address(self.mb_ptr, 32))
+        self.mb[MB_STOP] = 0
+        self.mb[MB_SEQ] = self.mb[MB_DONE] = self.seq
+        self.wake.clear()
+
+    def address(self, ptr: int, n: int) -> int:
+        """Host address of [ptr, ptr + n) of the shard's memory, checked against the span of `reset`."""
+        if ptr < 0 or n < 0 or ptr + n > self.size:
+            raise guest_error(f"range [{ptr}, {ptr + n}) is outside the shard's memory of {self.size} bytes",
+                              Err.ERR_BOUNDS)
+        return self.base + ptr
+
+    def _bump(self) -> None:
+        self.done_event.clear()
+        self.seq = (self.seq + 1) & 0x7FFFFFFF
+        self.mb[MB_SEQ] = self.seq  # last: the shard reads the op after it sees the new seq
+        self.wake.set()
+
+    def post(self, group: int, layer: int, nt: int, data: bytes) -> None:
+        ctypes.memmove(self.address(self.worker.guest.peer_in_ptr, len(data)), data, len(data))
+        self.mb[MB_GROUP], self.mb[MB_LAYER], self.mb[MB_NT] = group, layer, nt
+        self._bump()
+
+    def post_stop(self) -> None:
+        self.mb[MB_STOP] = 1
+        self._bump()
+
+    def wait_done(self) -> int | None:
+        """The shard's rc for the current seq; None if its serve call ended instead."""
+        mb, seq, w = self.mb, self.seq, self.worker
+        # blocks with the GIL released: polling here would keep this shard's own host calls (its
+        # streamed weight reads, its notify) waiting for the GIL
+        while mb[MB_DONE] != seq:
+            if w.finished:
+                return mb[MB_RC] if mb[MB_DONE] == seq else None
+            self.done_event.wait(0.01)
+        return mb[MB_RC]
+
+    def wait(self, seen: int) -> int:
+        """`realm_peer_wait` (on the shard's thread): block until the seq moves past `seen`."""
+        mb = self.mb
+        while mb is not None and mb[MB_SEQ] == seen:
+            self.wake.wait(0.01)
+            self.wake.clear()
+        return 0
+
+
+def _serve(g: Guest) -> None:
+    rc = g.fast_call("realm_peer_serve")
+    if rc < 0:
+        raise guest_error(f"{g.name}: realm_peer_serve failed", rc)
+
+
+class _Worker:
+    """One thread running one shard's calls (a job at a time; `submit`, then `result`)."""
+
+    def __init__(self, guest: Guest):
+        self.guest = guest
+        self._job = None
+        self._result = None
+        self._error: BaseException | None = None
+        self._busy = False  # a job was submitted and its result not yet taken
+        self._posted = threading.Event()
+        self._done = threading.Event()
+        self._done.set()
+        self._thread = threading.Thread(target=self._loop, name=f"realm-{guest.name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn, *args) -> None:
+        self.wait()
+        self._done.clear()
+        self._job = (fn, args)
+        self._busy = True
+        self._posted.set()
+
+    def result(self):
+        """Wait for the job; its return value, or raise what it raised."""
+        self.wait()
+        if not self._busy:
+            return None
+        self._busy = False
+        error, self._error = self._error, None
+        result, self._result = self._result, None
+        if error is not None:
+            raise error
+        return result
+
+    def wait(self) -> None:
+        self._done.wait()
+
+    @property
+    def finished(self) -> bool:
+        """The submitted job has ended (returned or raised)."""
+        return self._done.is_set()
+
+    def stop(self) -> None:
+        self.wait()
+        self._job = None
+        self._posted.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self._posted.wait()
+            self._posted.clear()
+            job = self._job
+            if job is None:
+                return
+            try:
+                self._result = job[0](*job[1])
+            except BaseException as e:  # handed to the waiting thread
+                self._error = e
+            self._done.set()
+
+
+def _peer_run(g: Guest, data: bytes, group: int, layer: int, nt: int) -> None:
+    """Shard `g`'s row parts of one matrix group (runs in its worker thread)."""
+    ctypes.memmove(g.address(g.peer_in_ptr, len(data)), data, len(data))
+    rc = g.fast_call("realm_peer_run", group, layer, nt)
+    if rc < 0:
+        raise guest_error(f"{g.name}: realm_peer_run failed", rc)
+
+
 def _row_ranges(n_rows: int, k: int) -> list[tuple[int, int]]:
     """`n_rows` split into k contiguous ranges, near-equal, every cut a multiple of 4 (the guest
-    multiplies rows in aligned groups of four: then no result depends on the split)."""
+    multiplies rows in aligned groups of four: then no result depends on the split). The guest's
+    `part_rows` is the same function."""
     cuts = [min(n_rows, n_rows * i // k // 4 * 4) for i in range(k)] + [n_rows]
     return [(cuts[i], cuts[i + 1]) for i in range(k)]
 

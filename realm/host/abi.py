@@ -71,6 +71,7 @@ def guest_error(message: str, code: int | None = None) -> GuestError:
 
 TENSOR_INFO = struct.Struct("<II4QQ")  # ggml_type, n_dims, ne[4] (GGUF order), n_bytes
 READ_REQ = struct.Struct("<iiqii")  # handle, out_ptr, offset, len, reserved
+PEER_OUT = struct.Struct("<iiii")  # out_ptr, stride (floats), rows, reserved
 SAMPLE_PARAMS = struct.Struct("<fifffiQQ")  # temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, rng in, rng out
 GUEST_STATS = struct.Struct("<8Q")
 GUEST_STATS_FIELDS = ("bytes_fetched", "host_calls", "cache_hits", "cache_misses", "peak_memory",
@@ -81,10 +82,12 @@ MODEL_CONFIG = struct.Struct("<9I3f2I3f4If10I")
 MODEL_CONFIG_SIZE = 128
 FLAG_QK_NORM, FLAG_POST_NORMS, FLAG_TIED_OUTPUT = 1, 2, 4
 
-assert TENSOR_INFO.size == 48 and READ_REQ.size == 24 and MODEL_CONFIG.size == MODEL_CONFIG_SIZE
+assert TENSOR_INFO.size == 48 and READ_REQ.size == 24 and PEER_OUT.size == 16 and MODEL_CONFIG.size == MODEL_CONFIG_SIZE
 assert SAMPLE_PARAMS.size == 40 and GUEST_STATS.size == 64
 
 MAX_READ_REQS = 4096
+MAX_PEER_TOKENS = 64  # tokens per realm_peers_begin (the guest's batch)
+MAX_PEER_OUTS = 3  # matrices per group
 MAX_NAME_BYTES = 4096
 LOG_MAX_BYTES = 1024
 _U32 = 0xFFFFFFFF
@@ -159,6 +162,10 @@ HOST_FUNCTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "realm_read_tensors": (("i64", "i32", "i32"), "i32"),
     "realm_get_config": (("i64", "i32", "i32"), "i32"),
     "realm_log": (("i32", "i32", "i32"), "i32"),
+    "realm_peers_begin": (("i32", "i32", "i32", "i32", "i32"), "i32"),
+    "realm_peers_end": (("i32", "i32"), "i32"),
+    "realm_peer_wait": (("i32",), "i32"),
+    "realm_peer_notify": ((), "i32"),
 }
 
 MemorySpan = Callable[[Any], tuple[int, int]]  # caller -> (base address, current byte length)
@@ -204,6 +211,8 @@ class Tenant:
         self.holder = holder
         self.name = name
         self.memory_span: MemorySpan | None = None
+        self.peers = None  # the engine's peer instances (`realm_peers_begin`), if it has any
+        self.peer_link = None  # a peer's mailbox link to its main guest (`realm_peer_wait`)
         self.held: dict[int, _Held] = {}
         self.host_calls = 0
         self.bytes_copied = 0
@@ -471,6 +480,51 @@ class Tenant:
             return int(Err.ERR_BAD_GGUF)
         ctypes.memmove(base + out, pack_model_config(cfg), MODEL_CONFIG_SIZE)
         return MODEL_CONFIG_SIZE
+
+    def _realm_peers_begin(self, caller, group: int, layer: int, x_ptr: int, nt: int, cols: int) -> int:
+        peers = self.peers
+        if peers is None:
+            return int(Err.ERR_UNSUPPORTED)
+        base, mem_len = self._span(caller)
+        nt, cols = self._length(nt), self._length(cols)
+        if not 0 < nt <= MAX_PEER_TOKENS or not 0 < cols <= peers.max_cols:
+            peers.abandon()
+            return int(Err.ERR_BAD_ARG)
+        n = 4 * nt * cols
+        ptr = self._range(mem_len, x_ptr, n)
+        return peers.begin(group, layer, nt, cols, ctypes.string_at(base + ptr, n))
+
+    def _realm_peers_end(self, caller, outs_ptr: int, n_outs: int) -> int:
+        peers = self.peers
+        if peers is None:
+            return int(Err.ERR_UNSUPPORTED)
+        try:
+            base, mem_len = self._span(caller)
+            n_outs &= _U32
+            if not 0 < n_outs <= MAX_PEER_OUTS:
+                return int(Err.ERR_BAD_ARG)
+            ptr = self._range(mem_len, outs_ptr, n_outs * PEER_OUT.size)
+            outs = []
+            for out_ptr, stride, rows, reserved in PEER_OUT.iter_unpack(ctypes.string_at(base + ptr, n_outs * PEER_OUT.size)):
+                if reserved != 0 or rows <= 0 or stride < rows:
+                    return int(Err.ERR_BAD_ARG)
+                outs.append((out_ptr & _U32, stride, rows))
+            return peers.end(outs, lambda p, n: base + self._range(mem_len, p, n))
+        finally:
+            peers.abandon()  # whatever happened, no peer runs past this call
+
+    def _realm_peer_wait(self, caller, seq: int) -> int:
+        link = self.peer_link
+        if link is None:
+            return int(Err.ERR_UNSUPPORTED)
+        return link.wait(seq)
+
+    def _realm_peer_notify(self, caller) -> int:
+        link = self.peer_link
+        if link is None:
+            return int(Err.ERR_UNSUPPORTED)
+        link.done_event.set()
+        return 0
 
     def _realm_log(self, caller, level: int, msg_ptr: int, msg_len: int) -> int:
         if not 0 <= level <= 3:

@@ -68,11 +68,14 @@ try:
     _define_unchecked = _c_function("wasmtime_linker_define_func_unchecked", _VP, _VP, ctypes.c_char_p, _SZ,
                                     ctypes.c_char_p, _SZ, _VP, _VP, _VP, _VP)
     _RAW_CALLBACK = ctypes.CFUNCTYPE(_SZ, _VP, _VP, _VP, _SZ)  # (env, caller, args_and_results, n) -> trap
+    # (context, func, args_and_results, n, trap out) -> error
+    _func_call_unchecked = _c_function("wasmtime_func_call_unchecked", _VP, _VP, _VP, _VP, _SZ, _VP)
     _RAW_OK = True
 except (ImportError, AttributeError):  # pragma: no cover - depends on the wasmtime-py version
     _RAW_OK = False
 
 _RESULT = struct.Struct("<q")  # a raw result slot: i32 results are the low half, sign-extended
+_RAW_I32 = struct.Struct("<i")
 
 
 def raw_hostcalls_enabled() -> bool:
@@ -247,6 +250,7 @@ class Guest:
         self._memory_ref: int | None = None  # address of the memory handle, for the raw path
         self._callbacks: list = []  # raw ctypes callbacks, alive as long as the guest
         self._pending: BaseException | None = None  # KeyboardInterrupt etc. raised inside a host call
+        self._fast: dict[str, tuple] = {}  # export name -> (func address, value slots) for fast_call
         self.raw_hostcalls = raw_hostcalls_enabled()
         self.tenant.memory_span = self._raw_span if self.raw_hostcalls else self._memory_span
         linker = wasmtime.Linker(engine())
@@ -348,6 +352,11 @@ class Guest:
             raise guest_error(f"range [{ptr}, {ptr + n}) is outside guest memory of {size} bytes", Err.ERR_BOUNDS)
         return base + ptr
 
+    def address(self, ptr: int, n: int) -> int:
+        """Host address of guest range [ptr, ptr + n), checked to lie inside its memory (valid
+        until the memory grows)."""
+        return self._check(ptr, n)
+
     def write(self, ptr: int, data) -> None:
         """Copy bytes (or a contiguous array) into guest memory at `ptr` (one memmove)."""
         view = memoryview(data).cast("B")
@@ -404,14 +413,55 @@ class Guest:
         try:
             return f(self._store, *args)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-            pending, self._pending = self._pending, None
-            if isinstance(e, wasmtime.Trap):
-                self.trapped = _trap_text(e, self.timeout)
-            else:
-                self.trapped = next((ln.strip() for ln in reversed(str(e).splitlines()) if ln.strip()), "error")
-            if pending is not None:
-                raise pending  # e.g. KeyboardInterrupt raised inside a host call
-            raise guest_error(f"{name} trapped: {self.trapped}") from None
+            self._failed(name, e)
+
+    def fast_call(self, name: str, *args: int) -> int:
+        """`call` for an export of i32 parameters and one i32 result through wasmtime's unchecked
+        call (values in raw slots, no per-argument boxing: ~10x less overhead than `call`; the
+        shards make one call per matrix group). Falls back to `call` where the raw API is missing."""
+        entry = self._fast.get(name)
+        if entry is None:
+            entry = self._fast[name] = self._fast_entry(name)
+        if not entry or self.closed or self.trapped is not None:
+            return self.call(name, *args)
+        func, slots, n_slots = entry
+        if len(args) > n_slots:
+            raise guest_error(f"{name} takes fewer arguments than {len(args)}")
+        ctx = self._ctx
+        self._set_deadline()
+        for i, a in enumerate(args):
+            _RAW_I32.pack_into(slots, 16 * i, a)
+        trap = ctypes.c_void_p()
+        err = _func_call_unchecked(ctx, func, slots, n_slots, ctypes.byref(trap))
+        if err:
+            self._failed(name, wasmtime.WasmtimeError._from_ptr(ctypes.cast(err, ctypes.POINTER(_ffi.wasmtime_error_t))))
+        if trap.value:
+            self._failed(name, wasmtime.Trap._from_ptr(ctypes.cast(trap, ctypes.POINTER(_ffi.wasm_trap_t))))
+        return _RAW_I32.unpack_from(slots, 0)[0]
+
+    def _fast_entry(self, name: str) -> tuple:
+        """(func address, raw slots, slot count) of an (i32...) -> i32 export, or () if unusable."""
+        f = self._export(name)
+        if not (self.raw_hostcalls and isinstance(f, wasmtime.Func)):
+            return ()
+        ty = f.type(self._store)
+        i32 = wasmtime.ValType.i32()
+        if len(ty.results) != 1 or ty.results[0] != i32 or any(p != i32 for p in ty.params):
+            return ()
+        self._ctx = ctypes.cast(self._store._context(), ctypes.c_void_p).value
+        n_slots = max(1, len(ty.params))
+        return ctypes.addressof(f._func), (ctypes.c_uint8 * (16 * n_slots))(), n_slots
+
+    def _failed(self, name: str, e: BaseException) -> None:
+        """Record a trap or error of export `name` and raise it as GuestError (the guest is unusable after)."""
+        pending, self._pending = self._pending, None
+        if isinstance(e, wasmtime.Trap):
+            self.trapped = _trap_text(e, self.timeout)
+        else:
+            self.trapped = next((ln.strip() for ln in reversed(str(e).splitlines()) if ln.strip()), "error")
+        if pending is not None:
+            raise pending  # e.g. KeyboardInterrupt raised inside a host call
+        raise guest_error(f"{name} trapped: {self.trapped}") from None
 
     def call_checked(self, name: str, *args) -> int:
         """`call`, raising GuestError (with `.code`) when the result is negative."""

@@ -1,10 +1,12 @@
-"""Logits shards of the wasm engine (`threads` > 1), end to end and through the raw guest exports.
+"""Shards of the wasm engine (`threads` > 1), end to end and through the raw guest exports.
 
-With shards the output matrix's rows are split between guest instances; every row must come out
-bit for bit as with `threads=1` (prefill, decode, all-position logits, greedy runs, guest-side
-sampling), resident or streamed. Also: the memory budget is the engine's total, every instance
-holds the model in the store until `close()`, and the exports behind the feature (`realm_init_shard`,
-`realm_eval` mode 2, `realm_hidden_ptr`, `realm_logits_rows`) refuse bad arguments without trapping.
+With shards the rows of every layer matrix and of the output matrix are split between guest
+instances; every value must come out bit for bit as with `threads=1` (prefill, decode,
+all-position logits, greedy runs, guest-side sampling), resident or streamed, with the shards
+serving a mailbox or called per matrix group. Also: the memory budget is the engine's total, every
+instance holds the model in the store until `close()`, and the exports behind the feature
+(`realm_init_main`, `realm_init_shard`, `realm_peer_run`, `realm_peer_serve`, `realm_eval` mode 2,
+`realm_hidden_ptr`, `realm_logits_rows`) refuse bad arguments without trapping.
 Synthetic models only (tests/synth.py).
 """
 
@@ -77,12 +79,19 @@ def model_path(tmp_path_factory):
     return get
 
 
-def budget_for(name: str, threads: int, vocab_size: int) -> int:
+def budget_for(name: str, threads: int, config: ModelConfig) -> int:
     """Resident models: one total budget for every thread count. Streamed: the main guest keeps
     exactly MIN_MAIN_BUDGET whatever the thread count."""
     if name in STREAMED:
-        return MIN_MAIN_BUDGET + (threads - 1) * shard_budget(vocab_size)
+        return MIN_MAIN_BUDGET + (threads - 1) * shard_budget(config, threads)
     return RESIDENT_BUDGET
+
+
+def layer_bytes(f: GGUFFile) -> int:
+    """Bytes of the layer matrices (the ones shards split) of a model."""
+    names = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+    return sum(int(t.n_bytes) for n, t in f.tensors.items()
+               if n.startswith("blk.") and n.split(".")[2] in names)
 
 
 def guest_stats(g) -> dict[str, int]:
@@ -108,7 +117,7 @@ def output_row_bytes(f: GGUFFile, config: ModelConfig) -> int:
 def run_engine(name: str, f: GGUFFile, config: ModelConfig, threads: int) -> dict:
     """Every output the shards feed, from one engine with `threads` instances."""
     store = ModelStore()
-    budget = budget_for(name, threads, config.vocab_size)
+    budget = budget_for(name, threads, config)
     eng = WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=budget, store=store, threads=threads)
     out: dict = {"threads": eng.threads, "ranges": list(eng._ranges)}
     try:
@@ -180,23 +189,66 @@ def test_logits_are_bit_identical_for_any_thread_count(model_path, name):
         assert run["greedy"][0] == one["greedy"][0], f"{what}: greedy tokens differ"
         assert_bits_equal(one["greedy"][1], run["greedy"][1], f"{what} greedy logits")
         assert run["draws"] == one["draws"], f"{what}: guest-side samples differ"
-        # every shard computed its own rows at every decode step: it streamed exactly those rows,
-        # or read them once (at the prefill) and kept them when they fit its budget
+        # every instance computed its own rows at every decode step: resident, it read nothing
+        # after the prefill (the main guest: a token embedding row); streamed, each read at least
+        # its rows of the output matrix, and the shards' reads are what the main guest no longer reads
         for step in run["fetched"]:
             for k, (r0, r1) in enumerate(run["ranges"]):
-                if k == 0:
-                    continue
-                want = 0 if run["resident"][k] else (r1 - r0) * row_bytes
-                assert step[k] == want, f"{what}: shard {k} read {step[k]} bytes"
-        main_rows = run["ranges"][0][1] - run["ranges"][0][0]
-        for k, step in enumerate(run["fetched"]):
-            if name in STREAMED:  # the main guest (same budget) streams the same, less the shards' rows
-                assert one["fetched"][k][0] - step[0] == (config.vocab_size - main_rows) * row_bytes, what
-            else:  # resident: after the prefill the main guest reads a token embedding row only
-                assert step[0] < row_bytes * 4, what
+                if name in STREAMED:
+                    assert step[k] >= (r1 - r0) * row_bytes, f"{what}: instance {k} read {step[k]} bytes"
+                elif k == 0:
+                    assert step[0] < row_bytes * 4, what
+                else:
+                    assert step[k] == 0, f"{what}: shard {k} read {step[k]} bytes"
     if name in STREAMED:
         assert min(step[0] for step in one["fetched"]) >= config.vocab_size * row_bytes
         assert one["stats"]["cache_bytes"] < config.vocab_size * row_bytes
+
+
+@pytest.mark.parametrize("name", ["gemma3-q4_k", "llama-big-f16"])
+def test_shards_called_per_group_agree(model_path, monkeypatch, name):
+    """Without the mailbox (REALM_PEER_MAILBOX=0, or a host that is not x86-64) the shards are
+    called once per matrix group; the results are the same bits."""
+    path = model_path(name)
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        runs = {}
+        for mailbox in ("1", "0"):
+            monkeypatch.setenv("REALM_PEER_MAILBOX", mailbox)
+            for t in (1, 3):
+                with WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=budget_for(name, t, config),
+                                store=ModelStore(), threads=t) as eng:
+                    assert (eng._peers is not None and eng._peers.links is not None) == (t > 1 and mailbox == "1")
+                    last = eng.eval(PROMPT)
+                    runs[mailbox, t] = (last, eng.eval([int(np.argmax(last))]), greedy(eng, [3, 4], 3))
+    ref = runs["1", 1]
+    for key, (last, step, (tokens, logits)) in runs.items():
+        assert_bits_equal(ref[0], last, f"{name} {key} prefill")
+        assert_bits_equal(ref[1], step, f"{name} {key} decode")
+        assert tokens == ref[2][0], f"{name} {key} greedy"
+        assert_bits_equal(ref[2][1], logits, f"{name} {key} greedy logits")
+
+
+def test_layer_rows_are_split_between_instances(model_path):
+    """With a budget that holds everything, each instance caches its part of every layer matrix
+    (and the main guest the whole output matrix, for embedding lookups): the layers' work is split."""
+    path = model_path("gemma3-q8_0")
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        layers, row_bytes = layer_bytes(f), output_row_bytes(f, config)
+        out_bytes = row_bytes * config.vocab_size
+        with WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=RESIDENT_BUDGET, store=ModelStore(),
+                        threads=3) as eng:
+            eng.eval(PROMPT)
+            eng.eval([5])
+            cached = [guest_stats(g)["cache_bytes"] for g in eng.guests]
+            ranges = eng._ranges
+    slack = 3 * 4 * 7 * config.n_layers * max(config.dim, config.hidden_dim)  # rounding of parts to 4 rows
+    assert abs(cached[0] - (out_bytes + layers // 3)) <= slack, cached
+    for k in (1, 2):
+        r0, r1 = ranges[k]
+        assert abs(cached[k] - ((r1 - r0) * row_bytes + layers // 3)) <= slack, (k, cached)
+    assert abs(sum(cached) - (2 * out_bytes + layers)) <= slack
 
 
 def test_resident_and_streamed_rows_agree(model_path):
@@ -207,7 +259,7 @@ def test_resident_and_streamed_rows_agree(model_path):
     with GGUFFile(path) as f:
         config = ModelConfig.from_gguf(f)
         output_bytes = int(f.tensors["output.weight"].n_bytes)
-        total = MIN_MAIN_BUDGET + 2 * shard_budget(config.vocab_size) + (8 << 20)
+        total = MIN_MAIN_BUDGET + 2 * shard_budget(config, 3) + (8 << 20)
         runs = {}
         for t in THREADS:
             with WasmEngine(f, config, wasm=GUEST, n_ctx=128, memory_budget=total, store=ModelStore(),
@@ -269,8 +321,8 @@ def tiny(model_path):
 
 def test_budget_is_the_engines_total(tiny):
     path, config = tiny
-    sb = shard_budget(config.vocab_size)
-    assert sb == 5 << 20  # 4 MiB + 4 * vocab, rounded up to whole MiB
+    sb = shard_budget(config, 3)
+    assert sb == 5 << 20  # 4 MiB + 4 * vocab + 64 tokens of small buffers, rounded up to whole MiB
     store = ModelStore()
     with GGUFFile(path) as f:
         with WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=RESIDENT_BUDGET, store=store, threads=3) as eng:
@@ -278,7 +330,7 @@ def test_budget_is_the_engines_total(tiny):
             # a budget that holds every weight: each shard also gets room to keep its rows resident
             row_bytes = output_row_bytes(f, config)
             for g, (r0, r1) in zip(eng._shards, eng._ranges[1:]):
-                assert g.memory_budget >= sb + (r1 - r0) * row_bytes
+                assert g.memory_budget >= sb + (r1 - r0) * row_bytes + layer_bytes(f) // 3 - (1 << 20)
             assert eng.guest.memory_budget == RESIDENT_BUDGET - sum(g.memory_budget for g in eng._shards)
             assert sum(g.memory_budget for g in eng.guests) == RESIDENT_BUDGET
             eng.eval(PROMPT)
@@ -294,7 +346,7 @@ def test_budget_is_the_engines_total(tiny):
 def test_shards_stream_when_the_budget_is_tight(tiny):
     """Without room for every weight, shards get `shard_budget` each and stream their rows."""
     path, config = tiny
-    sb = shard_budget(config.vocab_size)
+    sb = shard_budget(config, 3)
     budget = MIN_MAIN_BUDGET + 2 * sb
     store = ModelStore()
     with GGUFFile(path) as f:
@@ -313,7 +365,7 @@ def test_shards_stream_when_the_budget_is_tight(tiny):
 ])
 def test_threads_reduced_when_the_budget_is_too_small(tiny, budget, asked, expect):
     path, config = tiny
-    assert shard_budget(config.vocab_size) == 5 << 20
+    assert shard_budget(config, 2) == shard_budget(config, 3) == 5 << 20
     store = ModelStore()
     with GGUFFile(path) as f:
         ref = WasmEngine(f, config, wasm=GUEST, n_ctx=32, memory_budget=budget, store=store, threads=1)
@@ -366,7 +418,7 @@ def test_a_failed_start_releases_every_reference(tiny):
     path, config = tiny
     store = ModelStore()
     with GGUFFile(path) as f:
-        budget = MIN_MAIN_BUDGET + 2 * shard_budget(config.vocab_size)
+        budget = MIN_MAIN_BUDGET + 2 * shard_budget(config, 3)
         with pytest.raises(GuestError, match="memory-budget"):  # the KV cache does not fit the main guest
             WasmEngine(f, config, wasm=GUEST, n_ctx=1 << 17, memory_budget=budget, store=store, threads=3)
     assert store.stats()["n_copies"] == 0
@@ -419,14 +471,16 @@ def test_every_instance_holds_the_model_until_close(tiny):
     assert store.stats()["n_copies"] == 0
 
 
-def test_a_shard_stopped_by_its_deadline_is_a_clear_error(model_path):
+@pytest.mark.parametrize("mailbox", ["1", "0"])
+def test_a_shard_stopped_by_its_deadline_is_a_clear_error(model_path, monkeypatch, mailbox):
     """A shard that overruns its deadline traps alone: the engine raises GuestError naming the
     deadline, refuses further use, and close() still releases every instance's reference."""
+    monkeypatch.setenv("REALM_PEER_MAILBOX", mailbox)
     path = model_path("llama-big-f16")
     store = ModelStore()
     with GGUFFile(path) as f:
         config = ModelConfig.from_gguf(f)
-        eng = WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=MIN_MAIN_BUDGET + shard_budget(config.vocab_size),
+        eng = WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=MIN_MAIN_BUDGET + shard_budget(config, 2),
                          store=store, threads=2)
         assert eng.threads == 2
         eng.eval(PROMPT)
@@ -518,16 +572,89 @@ def test_exports_before_init(raw):
 def test_init_shard_bad_arguments(raw):
     make, config = raw
     r = make()
-    budget = shard_budget(config.vocab_size)
-    assert r.call("realm_init_shard", 0, budget, 0, 0) == Err.ERR_BAD_ARG
-    assert r.call("realm_init_shard", -r.mid, budget, 0, 0) == Err.ERR_BAD_ARG
-    assert r.call("realm_init_shard", r.mid, 0, 0, 0) == Err.ERR_BAD_ARG
-    assert r.call("realm_init_shard", r.mid + 1, budget, 0, 0) == Err.ERR_NO_MODEL  # not held by this guest
+    budget = shard_budget(config, 2)
+    assert r.call("realm_init_shard", 0, budget, 1, 2) == Err.ERR_BAD_ARG
+    assert r.call("realm_init_shard", -r.mid, budget, 1, 2) == Err.ERR_BAD_ARG
+    assert r.call("realm_init_shard", r.mid, 0, 1, 2) == Err.ERR_BAD_ARG
+    assert r.call("realm_init_shard", r.mid + 1, budget, 1, 2) == Err.ERR_NO_MODEL  # not held by this guest
     assert r.call("realm_logits_rows", 0, 4) == Err.ERR_NOT_INIT  # none of these initialised it
-    vocab = config.vocab_size
-    for rows in ((-4, 8), (0, -1), (8, 4), (0, vocab + 4)):  # negative, reversed, past the vocabulary
-        assert r.call("realm_init_shard", r.mid, budget, *rows) == Err.ERR_BAD_ARG, rows
-    assert r.call("realm_init_shard", r.mid, budget, 0, 0) == 0
+    # part 0 is the main guest's; a part must be below the count; nothing negative
+    for part, n_parts in ((0, 2), (2, 2), (3, 2), (-1, 2), (1, -2), (1, 0), (1, 1), (-0x80000000, 2)):
+        assert r.call("realm_init_shard", r.mid, budget, part, n_parts) == Err.ERR_BAD_ARG, (part, n_parts)
+    assert r.call("realm_logits_rows", 0, 4) == Err.ERR_NOT_INIT
+    assert r.call("realm_init_shard", r.mid, budget, 1, 2) == 0
+
+
+def test_init_main_bad_arguments(raw):
+    make, config = raw
+    r = make()
+    for n_parts in (0, -1, -0x80000000):
+        assert r.call("realm_init_main", r.mid, 32, 16 << 20, n_parts) == Err.ERR_BAD_ARG, n_parts
+    assert r.call("realm_init_main", r.mid, 0, 16 << 20, 2) == Err.ERR_BAD_ARG
+    assert r.eval(1, 0) == Err.ERR_NOT_INIT
+    # a main guest of 2 parts without peers behind it: realm_eval fails cleanly, n_past stays 0
+    assert r.call("realm_init_main", r.mid, 32, 16 << 20, 2) == 0
+    assert r.eval(len(PROMPT), 0) == Err.ERR_UNSUPPORTED
+    assert r.eval(len(PROMPT), 0) == Err.ERR_UNSUPPORTED
+    assert r.call("realm_sample", r.params) == Err.ERR_NOT_INIT
+    # a main guest of 1 part is realm_init
+    assert r.call("realm_init_main", r.mid, 32, 16 << 20, 1) == 0
+    assert r.eval(len(PROMPT), 0) == 0
+
+
+def test_peer_exports_refuse_bad_arguments(raw):
+    make, config = raw
+    main = make()
+    assert main.call("realm_peer_run", 0, 0, 1) == Err.ERR_NOT_INIT
+    assert main.call("realm_peer_serve") == Err.ERR_NOT_INIT
+    assert main.call("realm_peer_in_ptr") == 0 and main.call("realm_peer_out_ptr") == 0
+    assert main.call("realm_init", main.mid, 32, 16 << 20) == 0
+    assert main.call("realm_peer_run", 0, 0, 1) == Err.ERR_BAD_ARG  # the main guest is no peer
+    assert main.call("realm_peer_serve") == Err.ERR_BAD_ARG
+    assert main.call("realm_peer_in_ptr") == 0
+    shard = make(budget=shard_budget(config, 2))
+    assert shard.call("realm_init_shard", shard.mid, shard_budget(config, 2), 1, 2) == 0
+    assert shard.call("realm_peer_in_ptr") != 0 and shard.call("realm_peer_out_ptr") != 0
+    n_layers = config.n_layers
+    bad = [(4, 0, 1), (-1, 0, 1), (1 << 30, 0, 1), (0, n_layers, 1), (0, -1, 1), (0, 1 << 30, 1),
+           (0, 0, 0), (0, 0, -1), (0, 0, 65), (0, 0, 1 << 30)]
+    for args in bad:
+        assert shard.call("realm_peer_run", *args) == Err.ERR_BAD_ARG, args
+        assert shard.g.trapped is None
+    for group in range(4):
+        assert shard.call("realm_peer_run", group, n_layers - 1, 64) == 0
+    # a peer serving a mailbox no host feeds gives up (after ~1 ms of polls) with the host's refusal
+    assert shard.call("realm_peer_serve") == Err.ERR_UNSUPPORTED
+    assert shard.g.trapped is None
+
+
+def test_peer_run_rows_equal_numpy(raw, tiny):
+    """`realm_peer_run` writes the shard's row part of each matrix of a group as one (nt, part
+    rows) block after another; checked against gguf-py's dequantized weights times the input."""
+    make, config = raw
+    path, _ = tiny
+    reader = gguf.GGUFReader(str(path))
+    weights = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float64) for t in reader.tensors}
+    shard = make(budget=shard_budget(config, 3))
+    assert shard.call("realm_init_shard", shard.mid, shard_budget(config, 3), 2, 3) == 0  # the last part
+    out_ptr = shard.call("realm_peer_out_ptr") & 0xFFFFFFFF
+    in_ptr = shard.call("realm_peer_in_ptr") & 0xFFFFFFFF
+    groups = {0: ("attn_q", "attn_k", "attn_v"), 1: ("attn_output",), 2: ("ffn_gate", "ffn_up"), 3: ("ffn_down",)}
+    rng = np.random.default_rng(3)
+    layer, nt = config.n_layers - 1, 5
+    for group, names in groups.items():
+        mats = [weights[f"blk.{layer}.{n}.weight"] for n in names]  # (rows, cols) each
+        x = rng.standard_normal((nt, mats[0].shape[1])).astype(np.float32)  # (nt, cols)
+        shard.g.write(in_ptr, x)
+        assert shard.call("realm_peer_run", group, layer, nt) == 0
+        off = out_ptr
+        for name, w in zip(names, mats):
+            r0, r1 = _row_ranges(w.shape[0], 3)[2]
+            got = shard.g.read_array(off, np.float32, nt * (r1 - r0)).reshape(nt, r1 - r0)
+            expect = x.astype(np.float64) @ w[r0:r1].T  # (nt, part rows)
+            scale = np.abs(x).max() * np.abs(w[r0:r1]).sum(axis=1).max()
+            assert np.abs(got - expect).max() <= 1e-3 * scale, f"group {group} {name}"
+            off += 4 * nt * (r1 - r0)
 
 
 @pytest.mark.parametrize("mode", [3, -1, 4, 1 << 30])
@@ -572,8 +699,8 @@ def test_bad_row_ranges_are_rejected_without_trapping(raw):
     vocab = config.vocab_size
     main = make()
     assert main.call("realm_init", main.mid, 32, 16 << 20) == 0
-    shard = make(budget=shard_budget(vocab))
-    assert shard.call("realm_init_shard", shard.mid, shard_budget(vocab), 0, 0) == 0
+    shard = make(budget=shard_budget(config, 2))
+    assert shard.call("realm_init_shard", shard.mid, shard_budget(config, 2), 1, 2) == 0
     assert main.eval(len(PROMPT), 0) == 0
     expect = main.logits(vocab)
     bad = [(8, 4), (vocab, 0), (-1, 4), (-4, -1), (0, -1), (0, vocab + 1), (vocab + 1, vocab + 1),
@@ -597,8 +724,8 @@ def test_bad_row_ranges_are_rejected_without_trapping(raw):
 def test_a_shard_refuses_eval_and_sample(raw):
     make, config = raw
     vocab = config.vocab_size
-    r = make(budget=shard_budget(vocab))
-    assert r.call("realm_init_shard", r.mid, shard_budget(vocab), 0, 0) == 0
+    r = make(budget=shard_budget(config, 2))
+    assert r.call("realm_init_shard", r.mid, shard_budget(config, 2), 1, 2) == 0
     assert r.call("realm_sample", r.params) == Err.ERR_NOT_INIT
     for mode in (0, 1, 2):
         assert r.eval(1, mode) == Err.ERR_CONTEXT_FULL
@@ -610,4 +737,4 @@ def test_a_shard_refuses_eval_and_sample(raw):
     assert r.call("realm_sample", r.params) == Err.ERR_NOT_INIT  # logits, but no sampler buffers
     assert r.call("realm_reset") == 0
     assert r.eval(1, 0) == Err.ERR_CONTEXT_FULL
-    assert r.g.memory_size <= shard_budget(vocab)
+    assert r.g.memory_size <= shard_budget(config, 2)

@@ -485,3 +485,105 @@ def test_huge_tables_are_refused(store, wat):
         assert "instantiate" in str(e)
         return
     assert g.call("grow") == -1  # table.grow past the limit fails inside the guest
+
+
+# ---- the peer functions (main guest <-> shards of one engine) --------------------------------------
+
+
+class FakePeers:
+    """Stands in for an engine's shards behind `realm_peers_begin` / `realm_peers_end`: records
+    what reached it; `end` writes 1.0 into each output row range through the host's checked `dst`."""
+
+    max_cols = 64
+
+    def __init__(self):
+        self.calls: list = []
+        self.abandoned = 0
+
+    def begin(self, group, layer, nt, cols, data):
+        self.calls.append(("begin", group, layer, nt, cols, len(data)))
+        return 1
+
+    def end(self, outs, dst):
+        self.calls.append(("end", outs))
+        for out_ptr, stride, rows in outs:
+            addr = dst(out_ptr, 4 * rows)  # raises the host's ERR_BOUNDS for a bad range
+            import ctypes
+            ctypes.memmove(addr, np.ones(rows, np.float32).tobytes(), 4 * rows)
+        return 0
+
+    def abandon(self):
+        self.abandoned += 1
+
+
+def peer_outs(*descs) -> bytes:
+    return b"".join(abi.PEER_OUT.pack(*d) for d in descs)
+
+
+def test_peer_functions_without_peers_are_unsupported(store):
+    h = Proxy(store)
+    assert h.peers_begin(0, 0, OUT_AT, 1, 16) == Err.ERR_UNSUPPORTED
+    assert h.peers_end(OUT_AT, 1) == Err.ERR_UNSUPPORTED
+    assert h.peer_wait(0) == Err.ERR_UNSUPPORTED  # not a shard either
+    assert h.peer_notify() == Err.ERR_UNSUPPORTED
+    assert h.g.trapped is None
+    h.g.close()
+
+
+@pytest.mark.parametrize("nt, cols, ptr, code", [
+    (0, 16, OUT_AT, Err.ERR_BAD_ARG),
+    (65, 16, OUT_AT, Err.ERR_BAD_ARG),  # more tokens than a guest batch
+    (-1, 16, OUT_AT, Err.ERR_BOUNDS),  # a negative count, as every negative length
+    (1, 0, OUT_AT, Err.ERR_BAD_ARG),
+    (1, 65, OUT_AT, Err.ERR_BAD_ARG),  # wider than any matrix of the model
+    (1, -1, OUT_AT, Err.ERR_BOUNDS),
+    (64, 64, MEM - 4 * 64 * 64 + 4, Err.ERR_BOUNDS),  # the input runs past the end of memory
+    (1, 16, s32(0xFFFFFFF0), Err.ERR_BOUNDS),
+])
+def test_peers_begin_checks_its_input(store, nt, cols, ptr, code):
+    h = Proxy(store)
+    peers = h.g.tenant.peers = FakePeers()
+    assert h.peers_begin(1, 2, ptr, nt, cols) == code
+    assert [c for c in peers.calls if c[0] == "begin"] == []  # nothing reached the shards
+    assert h.peers_begin(1, 2, MEM - 4 * 64 * 64, 64, 64) == 1  # the last 16 KiB: fine
+    assert peers.calls[-1] == ("begin", 1, 2, 64, 64, 4 * 64 * 64)
+    assert h.g.trapped is None
+    h.g.close()
+
+
+@pytest.mark.parametrize("outs, n, code", [
+    (peer_outs((OUT_AT, 8, 8, 0)), 0, Err.ERR_BAD_ARG),  # no outputs
+    (peer_outs(*[(OUT_AT, 8, 8, 0)] * 4), 4, Err.ERR_BAD_ARG),  # more than a group has
+    (peer_outs((OUT_AT, 8, 8, 1)), 1, Err.ERR_BAD_ARG),  # reserved word set
+    (peer_outs((OUT_AT, 4, 8, 0)), 1, Err.ERR_BAD_ARG),  # stride below the row count
+    (peer_outs((OUT_AT, 8, 0, 0)), 1, Err.ERR_BAD_ARG),  # no rows
+    (peer_outs((OUT_AT, 8, -8, 0)), 1, Err.ERR_BAD_ARG),
+    (peer_outs((MEM - 16, 8, 8, 0)), 1, Err.ERR_BOUNDS),  # output past the end of memory
+    (peer_outs((s32(0xFFFFFFF0), 8, 8, 0)), 1, Err.ERR_BOUNDS),
+])
+def test_peers_end_checks_its_outputs(store, outs, n, code):
+    h = Proxy(store)
+    peers = h.g.tenant.peers = FakePeers()
+    h.g.write(NAME_AT, outs)
+    assert h.peers_end(NAME_AT, n) == code
+    assert peers.abandoned >= 1  # whatever the outcome, no shard is left running
+    assert h.peers_end(MEM - 8, 1) == Err.ERR_BOUNDS  # the descriptor itself outside memory
+    h.g.write(NAME_AT, peer_outs((OUT_AT, 8, 8, 0)))
+    assert h.peers_end(NAME_AT, 1) == 0
+    assert np.array_equal(h.g.read_array(OUT_AT, np.float32, 8), np.ones(8, np.float32))
+    assert h.g.trapped is None
+    h.g.close()
+
+
+def test_a_host_error_in_the_peers_is_err_internal(store, caplog):
+    h = Proxy(store)
+
+    class Broken(FakePeers):
+        def begin(self, *a):
+            raise RuntimeError("boom")
+
+    h.g.tenant.peers = Broken()
+    with caplog.at_level(logging.ERROR, logger="realm.host"):
+        assert h.peers_begin(0, 0, OUT_AT, 1, 16) == Err.ERR_INTERNAL
+    assert "boom" in caplog.text and h.g.trapped is None
+    h.g.close()
