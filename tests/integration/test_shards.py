@@ -229,6 +229,24 @@ def test_shards_called_per_group_agree(model_path, monkeypatch, name):
         assert_bits_equal(ref[2][1], logits, f"{name} {key} greedy logits")
 
 
+def test_shards_with_wasmtimes_public_call_path(model_path, monkeypatch):
+    """REALM_WASM_SAFE_HOSTCALLS=1 (no raw host calls, no unchecked calls into the guest): the
+    shards still serve their mailboxes through wasmtime-py's public API, with the same bits."""
+    path = model_path("gemma3-q4_k")
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        with WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=RESIDENT_BUDGET, store=ModelStore(),
+                        threads=1) as ref:
+            expect = greedy(ref, PROMPT, N_GREEDY)
+        monkeypatch.setenv("REALM_WASM_SAFE_HOSTCALLS", "1")
+        with WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=RESIDENT_BUDGET, store=ModelStore(),
+                        threads=3) as eng:
+            assert not eng.guest.raw_hostcalls and eng.threads == 3
+            tokens, logits = greedy(eng, PROMPT, N_GREEDY)
+    assert tokens == expect[0]
+    assert_bits_equal(expect[1], logits, "safe host calls, threads=3")
+
+
 def test_layer_rows_are_split_between_instances(model_path):
     """With a budget that holds everything, each instance caches its part of every layer matrix
     (and the main guest the whole output matrix, for embedding lookups): the layers' work is split."""
