@@ -6,6 +6,11 @@
 //! output matrix), loaded on first use. Matrices that do not fit are streamed through the chunk
 //! buffer at every use; each chunk is multiplied with all tokens of the batch. Token embeddings are
 //! fetched one row per token. llama and gemma3 differ only through `Config` fields.
+//!
+//! Parts: an engine may run several instances of this guest (docs/abi.md, "Shards"). Each then
+//! multiplies one part of every matrix's rows (`part_rows`) and caches only that part; the main
+//! instance (part 0) does the rest of the forward pass and, around each group of a layer's
+//! matrices, has the host start and gather the other parts (`group_matmul`).
 
 use crate::abi::*;
 use crate::host;
