@@ -57,6 +57,9 @@ MODELS = {
     "llama-q5_0": dict(arch="llama", qtype=GGMLType.Q5_0, vocab_size=300, seed=22),
     "gemma3-q4_k": dict(arch="gemma3", qtype=GGMLType.Q4_K, vocab_size=301, seed=23, **kquant_dims()),
     "gemma3-q8_0": dict(arch="gemma3", qtype=GGMLType.Q8_0, vocab_size=300, seed=24),
+    # k/v have 8 rows: with 3 instances the main guest's part of them is empty, the others 4 rows
+    "llama-narrow-q8_0": dict(arch="llama", qtype=GGMLType.Q8_0, vocab_size=298, n_heads=4, n_kv_heads=1,
+                              head_dim=8, dim=32, hidden_dim=64, seed=27),
     "llama-big-f16": dict(arch="llama", qtype=GGMLType.F16, vocab_size=4099, dim=2048, hidden_dim=256,
                           n_heads=4, n_kv_heads=2, head_dim=64, seed=25),
     "gemma3-big-f16": dict(arch="gemma3", qtype=GGMLType.F16, vocab_size=4097, n_layers=2, dim=2048,
