@@ -1394,7 +1394,7 @@ pub fn peer_run(group: i32, layer: i32, nt: i32) -> i32 {
 }
 
 /// A peer's mailbox (`realm_peer_serve`), words: 0 seq (host), 1 group, 2 layer, 3 nt (host),
-/// 4 done (peer: the seq it finished), 5 rc (peer), 6 stop (host).
+/// 4 done (peer: the seq it finished), 5 rc (peer), 6 stop (host), 7 polls before blocking (host).
 static mut MAILBOX: [i32; 8] = [0; 8];
 const MB_SEQ: usize = 0;
 const MB_GROUP: usize = 1;
@@ -1403,8 +1403,9 @@ const MB_NT: usize = 3;
 const MB_DONE: usize = 4;
 const MB_RC: usize = 5;
 const MB_STOP: usize = 6;
-/// Mailbox polls before a peer blocks in the host (`realm_peer_wait`): ~1 ms.
-const SPIN_POLLS: u32 = 1 << 20;
+const MB_POLLS: usize = 7;
+/// Most mailbox polls before a peer blocks in the host (`realm_peer_wait`): ~1 ms.
+const MAX_POLLS: u32 = 1 << 20;
 
 fn mailbox_read(i: usize) -> i32 {
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!(MAILBOX[i])) }
@@ -1426,12 +1427,14 @@ pub fn peer_serve() -> i32 {
         Err(c) => return c,
     };
     let mut seen = mailbox_read(MB_DONE);
+    // the host asks for no polling when the engine has more instances than cores
+    let max_polls = (mailbox_read(MB_POLLS).max(0) as u32).min(MAX_POLLS);
     loop {
         let mut polls = 0u32;
         let mut seq = mailbox_read(MB_SEQ);
         while seq == seen {
             polls += 1;
-            if polls >= SPIN_POLLS {
+            if polls >= max_polls {
                 let rc = host::peer_wait(seen);
                 if rc < 0 {
                     return rc;

@@ -232,6 +232,29 @@ def test_shards_called_per_group_agree(model_path, monkeypatch, name):
         assert_bits_equal(ref[2][1], logits, f"{name} {key} greedy logits")
 
 
+def test_shards_poll_only_when_every_instance_has_a_core(model_path, monkeypatch):
+    """A shard polls its mailbox before blocking only when the engine has no more instances than
+    the process has cores; either way the bits are the same."""
+    import realm.engines.wasm as wasm_engine
+
+    if not wasm_engine._mailbox_ok():
+        pytest.skip("no mailbox shards on this machine")
+    path = model_path("llama-q5_0")
+    results = {}
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        for cores in (1, 2, 8):
+            monkeypatch.setattr(wasm_engine, "_cores", lambda cores=cores: cores)
+            with WasmEngine(f, config, wasm=GUEST, n_ctx=64, memory_budget=RESIDENT_BUDGET, store=ModelStore(),
+                            threads=2) as eng:
+                results[cores] = greedy(eng, PROMPT, N_GREEDY)
+                polls = eng._peers.links[0].mb[wasm_engine.MB_POLLS]
+                assert polls == (0 if cores < 2 else wasm_engine.MAILBOX_POLLS), cores
+    for cores, (tokens, logits) in results.items():
+        assert tokens == results[8][0]
+        assert_bits_equal(results[8][1], logits, f"{cores} cores")
+
+
 def test_shards_with_wasmtimes_public_call_path(model_path, monkeypatch):
     """REALM_WASM_SAFE_HOSTCALLS=1 (no raw host calls, no unchecked calls into the guest): the
     shards still serve their mailboxes through wasmtime-py's public API, with the same bits."""
