@@ -448,9 +448,13 @@ class Guest:
         i32 = wasmtime.ValType.i32()
         if len(ty.results) != 1 or ty.results[0] != i32 or any(p != i32 for p in ty.params):
             return ()
-        self._ctx = ctypes.cast(self._store._context(), ctypes.c_void_p).value
+        try:  # wasmtime-py internals, as for the raw host calls: without them, `call`
+            self._ctx = ctypes.cast(self._store._context(), ctypes.c_void_p).value
+            func = ctypes.addressof(f._func)
+        except (AttributeError, TypeError, ValueError):  # pragma: no cover - another wasmtime-py
+            return ()
         n_slots = max(1, len(ty.params))
-        return ctypes.addressof(f._func), (ctypes.c_uint8 * (16 * n_slots))(), n_slots
+        return func, (ctypes.c_uint8 * (16 * n_slots))(), n_slots
 
     def _failed(self, name: str, e: BaseException) -> None:
         """Record a trap or error of export `name` and raise it as GuestError (the guest is unusable after)."""
