@@ -587,3 +587,32 @@ def test_a_host_error_in_the_peers_is_err_internal(store, caplog):
         assert h.peers_begin(0, 0, OUT_AT, 1, 16) == Err.ERR_INTERNAL
     assert "boom" in caplog.text and h.g.trapped is None
     h.g.close()
+
+
+FAST = """(module
+  (memory (export "memory") 1)
+  (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+  (func (export "spin") (result i32) (loop $l (br $l)) (i32.const 0))
+  (func (export "oob") (result i32) (i32.load (i32.const 0x7fffffff)))
+  (func (export "wide") (param i64) (result i64) (local.get 0)))"""
+
+
+def test_fast_call_agrees_with_call_and_traps_alike(store):
+    """`Guest.fast_call` (wasmtime's unchecked call, used for the shards) gives what `call` gives,
+    stops a runaway guest at its deadline and reports a trap the same way; exports it cannot call
+    raw (i64 values) go through `call`."""
+    g = Guest(FAST, model_store=store, timeout=TIMEOUT)
+    for a, b in [(1, 2), (-5, 3), (0x7FFFFFFF, 1), (-0x80000000, -1)]:
+        assert g.fast_call("add", a, b) == g.call("add", a, b)
+    assert g.fast_call("wide", 1 << 40) == 1 << 40
+    with pytest.raises(GuestError, match="out of bounds"):
+        g.fast_call("oob")
+    with pytest.raises(GuestError, match="trapped earlier"):
+        g.fast_call("add", 1, 2)
+    g.close()
+    g = Guest(FAST, model_store=store, timeout=TIMEOUT)
+    t0 = time.perf_counter()
+    with pytest.raises(GuestError, match="deadline"):
+        g.fast_call("spin")
+    assert time.perf_counter() - t0 < STOP_WITHIN
+    g.close()
