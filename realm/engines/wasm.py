@@ -241,8 +241,6 @@ class WasmEngine:
 
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Append `ids` to the KV cache; logits (vocab,) of the last position, or (len(ids), vocab)."""
-        if self._broken is None and self._peers is not None and self._peers.failed is not None:
-            self._broken = self._peers.failed
         if self._broken is not None:
             raise GuestError(f"a shard of this engine failed earlier ({self._broken}); create a new engine")
         ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))

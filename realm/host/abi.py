@@ -488,7 +488,6 @@ class Tenant:
         base, mem_len = self._span(caller)
         nt, cols = self._length(nt), self._length(cols)
         if not 0 < nt <= MAX_PEER_TOKENS or not 0 < cols <= peers.max_cols:
-            peers.abandon()
             return int(Err.ERR_BAD_ARG)
         n = 4 * nt * cols
         ptr = self._range(mem_len, x_ptr, n)
