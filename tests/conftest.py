@@ -12,20 +12,46 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/synth.py and friends
 
 
+def llama_cpp_data() -> Path | None:
+    """llama.cpp's test data extracted by tests/fetch_data.py ($REALM_TESTDATA_DIR overrides), or None."""
+    import fetch_data
+
+    env = os.environ.get("REALM_TESTDATA_DIR")
+    path = Path(env) if env else fetch_data.data_dir()
+    return path if fetch_data.is_complete(path) or (env and path.is_dir()) else None
+
+
 def vocab_dir() -> Path | None:
     env = os.environ.get("REALM_VOCAB_DIR")
-    path = Path(env) if env else ROOT.parent / "shared" / "vocab"
-    return path if path.is_dir() else None
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    data = llama_cpp_data()
+    return data / "models" if data is not None else None
+
+
+def _require(what: str) -> None:
+    msg = f"{what} not found: run `python tests/fetch_data.py` (llama.cpp's test data, pinned, cached)"
+    if os.environ.get("REALM_REQUIRE_VOCAB") == "1":
+        pytest.fail(f"REALM_REQUIRE_VOCAB=1 but {msg}")
+    pytest.skip(msg)
 
 
 @pytest.fixture(scope="session")
 def vocab() -> Path:
-    """Folder with llama.cpp's vocab-only GGUFs; skipped when absent unless REALM_REQUIRE_VOCAB=1 (CI)."""
+    """Folder with llama.cpp's vocab-only GGUFs and their .inp/.out test vectors."""
     path = vocab_dir()
     if path is None:
-        if os.environ.get("REALM_REQUIRE_VOCAB") == "1":
-            pytest.fail("REALM_REQUIRE_VOCAB=1 but the vocab folder (../shared/vocab or $REALM_VOCAB_DIR) is missing")
-        pytest.skip("llama.cpp vocab folder not found (set REALM_VOCAB_DIR)")
+        _require("llama.cpp's vocab files")
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_testdata() -> Path:
+    """Root of llama.cpp's extracted test data: models/ (vocabs), models/templates/*.jinja,
+    tests/test-chat-template.cpp."""
+    path = llama_cpp_data()
+    if path is None:
+        _require("llama.cpp's test data")
     return path
 
 
