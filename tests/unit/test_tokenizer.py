@@ -9,108 +9,114 @@ import pytest
 
 from realm.errors import TokenizerError, UnsupportedError
 from realm.gguf import GGUFFile
-from realm.tokenizer import StreamDecoder, Tokenizer, TokenType
+from realm.tokenizer import PRE_VALUES, StreamDecoder, Tokenizer, TokenType
+from realm.tokenizer.decode import clean_spaces
 
-SPM_VOCABS = ("llama-spm", "phi-3")
-BPE_VOCABS = ("llama-bpe", "qwen2")
-MARKER = "\n__ggml_vocab_test__\n"
-
-
-def read_vectors(vocab: Path, name: str) -> list[tuple[str, list[int]]]:
-    """The (text, ids) pairs of ggml-vocab-<name>.gguf.inp/.out (each input ends with the marker line)."""
-    inp = (vocab / f"ggml-vocab-{name}.gguf.inp").read_bytes().decode("utf-8")
-    out = (vocab / f"ggml-vocab-{name}.gguf.out").read_bytes().decode("utf-8")
-    assert inp.endswith(MARKER)
-    texts = inp[: -len(MARKER)].split(MARKER)
-    lines = out.split("\n")
-    assert lines[-1] == ""  # trailing newline
-    lines = lines[:-1]
-    assert len(texts) == len(lines), (len(texts), len(lines))
-    return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, lines)]
-
+import vocab_vectors as vv  # noqa: E402  (tests/ is on sys.path)
 
 @pytest.fixture(scope="module")
-def spm_tokenizers(vocab) -> dict[str, Tokenizer]:
-    out = {}
-    for name in SPM_VOCABS:
-        with GGUFFile(vocab / f"ggml-vocab-{name}.gguf") as g:
-            out[name] = Tokenizer.from_gguf(g)
-    return out
-
-
-@pytest.fixture(scope="module")
-def bpe_tokenizers(vocab) -> dict[str, Tokenizer]:
-    out = {}
-    for name in BPE_VOCABS:
-        with GGUFFile(vocab / f"ggml-vocab-{name}.gguf") as g:
-            out[name] = Tokenizer.from_gguf(g)
-    return out
-
-
-@pytest.fixture(scope="module")
-def gemma(default_model) -> Tokenizer:
-    with GGUFFile(default_model) as g:
-        return Tokenizer.from_gguf(g)
+def tok(vocab):
+    """name -> the cached tokenizer of ggml-vocab-<name>.gguf."""
+    return lambda name: vv.load(vocab, name)
 
 
 # -- llama.cpp test vectors ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", SPM_VOCABS)
-def test_vectors_reproduced_exactly(vocab, spm_tokenizers, name):
-    tok = spm_tokenizers[name]
-    cases = read_vectors(vocab, name)
+def test_every_vocabulary_with_vectors_is_tested(vocab):
+    """The vectors present are exactly the 15 tested below: a missing or a new one fails here."""
+    present = sorted(p.name[len("ggml-vocab-"):-len(".gguf.inp")] for p in vocab.glob("ggml-vocab-*.gguf.inp"))
+    assert present == sorted(vv.WITH_VECTORS)
+    without = sorted(p.name[len("ggml-vocab-"):-len(".gguf")] for p in vocab.glob("ggml-vocab-*.gguf"))
+    assert sorted(set(without) - set(present)) == sorted(vv.WITHOUT_VECTORS)
+
+
+@pytest.mark.parametrize("name", vv.WITH_VECTORS)
+def test_vectors_reproduced_exactly(vocab, tok, name):
+    t = tok(name)
+    cases = vv.read_vectors(vocab, name)
     assert len(cases) > 40
-    bad = [(text, want, got) for text, want in cases if (got := tok.encode(text, add_bos=False)) != want]
-    assert not bad, f"{len(bad)}/{len(cases)} mismatches, first: {bad[0]!r}"
+    bad = [(text, want, got) for text, want in cases if (got := t.encode(text, add_bos=False)) != want]
+    assert not bad, f"{name}: {len(bad)}/{len(cases)} mismatches, first: {bad[0]!r}"
 
 
-@pytest.mark.parametrize("name", SPM_VOCABS)
-def test_vectors_round_trip(vocab, spm_tokenizers, name):
-    tok = spm_tokenizers[name]
-    for text, want in read_vectors(vocab, name):
-        assert tok.decode(want) == text, repr(text)
-        with_bos = tok.encode(text)
-        assert with_bos == [tok.bos_id] + want
-        assert tok.decode(with_bos) == text, repr(text)
+def _expected_decode(t: Tokenizer, text: str) -> str | None:
+    """What llama.cpp's detokenizer gives back for the ids of `text` (no BOS), when it is derivable from
+    the text: SPM and byte-level BPE are lossless, then clean_spaces applies; None for WPM (lowercased)."""
+    if t.kind == "wpm":
+        return None
+    return clean_spaces(text.encode("utf-8")).decode("utf-8") if t.clean_spaces else text
 
 
-@pytest.mark.parametrize("name", SPM_VOCABS)
-def test_vector_stream_decoding_matches_decode(vocab, spm_tokenizers, name):
-    tok = spm_tokenizers[name]
-    for text, want in read_vectors(vocab, name):
-        sd = StreamDecoder(tok, lstrip_first=True)
+@pytest.mark.parametrize("name", vv.WITH_VECTORS)
+def test_vectors_decode(vocab, tok, name):
+    """decode(ids) of every vector: the text itself where llama.cpp round-trips (no clean_spaces),
+    the cleaned-up text otherwise; streaming gives the same text, piece by piece."""
+    t = tok(name)
+    exact = 0
+    for text, want in vv.read_vectors(vocab, name):
+        got = t.decode(want)
+        expected = _expected_decode(t, text)
+        if expected is not None:
+            assert got == expected, (name, text)
+            exact += got == text
+        sd = StreamDecoder(t, lstrip_first=True)
         pieces = [sd.feed(i) for i in want] + [sd.flush()]
-        assert "".join(pieces) == text, repr(text)
-        assert all("\ufffd" not in p for p in pieces)
+        assert "".join(pieces) == got, (name, text)
+        if "\ufffd" not in got:
+            assert all("\ufffd" not in p for p in pieces)  # never half a character
+    if not t.clean_spaces and t.kind != "wpm":
+        assert exact == len(vv.read_vectors(vocab, name))
 
 
-@pytest.mark.parametrize("name", BPE_VOCABS)
-def test_bpe_vectors_reproduced_exactly(vocab, bpe_tokenizers, name):
-    tok = bpe_tokenizers[name]
-    assert tok.kind == "bpe"
-    cases = read_vectors(vocab, name)
-    assert len(cases) > 40
-    bad = [(text, want, got) for text, want in cases if (got := tok.encode(text, add_bos=False)) != want]
-    assert not bad, f"{len(bad)}/{len(cases)} mismatches, first: {bad[0]!r}"
+@pytest.mark.parametrize("name", ["llama-spm", "phi-3"])
+def test_spm_bos_keeps_the_leading_space(vocab, tok, name):
+    """llama.cpp removes the encoder's space prefix only from the very first piece: after a BOS it stays."""
+    t = tok(name)
+    for text, want in vv.read_vectors(vocab, name):
+        with_bos = t.encode(text)
+        assert with_bos == [t.bos_id] + want
+        assert t.decode(with_bos) == (" " + text if text else "")
+        assert t.decode(with_bos, remove_special=True) == (" " + text if text else "")
 
 
-def test_bpe_round_trip(vocab, bpe_tokenizers):
-    qwen, llama3 = bpe_tokenizers["qwen2"], bpe_tokenizers["llama-bpe"]
-    for text, want in read_vectors(vocab, "qwen2"):  # qwen2 keeps spaces as they are
-        assert qwen.decode(want) == text, repr(text)
-        sd = StreamDecoder(qwen)
-        assert "".join(sd.feed(i) for i in want) + sd.flush() == text
-    for text, want in read_vectors(vocab, "llama-bpe"):
-        if not any(p in text for p in (" ?", " !", " .", " ,", " '")):  # llama3 cleans up those spaces
-            assert llama3.decode(want) == text, repr(text)
+def test_wpm_bert(tok):
+    bert = tok("bert-bge")
+    assert bert.kind == "wpm" and bert.clean_spaces
+    ids = bert.encode("Hello, WORLD! Ünïcode 中文")
+    assert ids[0] == bert.bos_id == 101 and ids[-1] == bert.sep_id == 102  # [CLS] ... [SEP]
+    # lowercased, accents stripped, punctuation and CJK split off; pieces carry the '▁' word prefix
+    assert [bert.token_text(i) for i in ids[1:-1]][:5] == ["▁hello", "▁,", "▁world", "▁!", "▁unicode"]
+    assert bert.decode(ids) == " hello, world! unicode 中 文"  # clean_spaces joins " ," and " !"
+    assert bert.encode("xqzjvkw\u00a0", add_bos=False) == bert.encode("xqzjvkw", add_bos=False)
 
 
-def test_bpe_special_tokens_and_flags(bpe_tokenizers):
-    llama3, qwen = bpe_tokenizers["llama-bpe"], bpe_tokenizers["qwen2"]
+@pytest.mark.parametrize("name, model", [("aquila", "bpe"), ("baichuan", "spm"), ("gpt-neox", "bpe")])
+def test_vocabularies_without_vectors_load(vocab, tok, name, model, caplog):
+    t = tok(name)
+    assert t.kind == model
+    text = "Hello world, 123 héllo!"
+    ids = t.encode(text, add_bos=False)
+    assert ids and t.decode(ids) == (_expected_decode(t, text) or "")
+    if model == "bpe":  # no tokenizer.ggml.pre: llama.cpp's "default" pre-tokenizer, with a warning
+        assert t.pre.pre == "default"
+
+
+def test_ugm_vocabulary_is_refused_clearly(vocab):
+    with GGUFFile(vocab / "ggml-vocab-nomic-bert-moe.gguf") as g:
+        with pytest.raises(UnsupportedError, match="'t5'.*UGM"):
+            Tokenizer.from_gguf(g)
+
+
+def test_missing_pre_is_default_and_warned(vocab, caplog):
+    with GGUFFile(vocab / "ggml-vocab-gpt-neox.gguf") as g, caplog.at_level("WARNING"):
+        t = Tokenizer.from_gguf(g)
+    assert t.pre.family == "default" and "tokenizer.ggml.pre is missing" in caplog.text
+
+
+def test_bpe_special_tokens_and_flags(tok):
+    llama3, qwen = tok("llama-bpe"), tok("qwen2")
     # llama-bpe adds BOS (<|begin_of_text|>) by default, qwen2 does not
     assert llama3.encode("Hi")[0] == 128000 and qwen.encode("Hi")[0] != qwen.bos_id
-    assert {128001, 128009} <= llama3.stop_ids
-    assert {151643, 151645} <= qwen.stop_ids
     text = "<|im_start|>user\nHi<|im_end|>\n"
     ids = qwen.encode(text, special=True)
     assert ids[0] == 151644 and 151645 in ids
@@ -121,8 +127,33 @@ def test_bpe_special_tokens_and_flags(bpe_tokenizers):
     assert qwen.decode(qwen.encode("Hello , world .")) == "Hello , world ."
 
 
-def test_llama_spm_attributes(spm_tokenizers):
-    tok = spm_tokenizers["llama-spm"]
+# -- end of generation ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, texts", [
+    ("llama-bpe", ["<|end_of_text|>", "<|eot_id|>"]),
+    ("qwen2", ["<|endoftext|>", "<|im_end|>", "</s>"]),
+    ("qwen35", ["<|endoftext|>", "<|im_end|>", "</s>"]),
+    ("phi-3", ["<|endoftext|>", "<|end|>", "</s>"]),
+    ("llama-spm", ["</s>"]),
+    ("gemma-4", ["<eos>", "<turn|>", "<|tool_response>"]),  # and not its normal "</s>"
+    ("command-r", ["<|END_OF_TURN_TOKEN|>", "<PAD>"]),  # EOS by key; "<PAD>" is a FIM pad text
+    ("deepseek-llm", ["<｜end▁of▁sentence｜>"]),
+    ("starcoder", ["<|endoftext|>", "<fim_pad>"]),
+])
+def test_stop_ids_are_llama_cpp_eog_set(tok, name, texts):
+    t = tok(name)
+    assert sorted(t.token_text(i) for i in t.stop_ids) == sorted(texts)
+    assert all(t.is_control(i) and t.is_eog(i) for i in t.stop_ids)
+
+
+def test_end_of_turn_ids(tok):
+    assert tok("llama-bpe").eot_id == tok("llama-bpe").id_of("<|eot_id|>")
+    assert tok("qwen2").eot_id == tok("qwen2").id_of("<|im_end|>")
+    assert tok("phi-3").eot_id == tok("phi-3").id_of("<|end|>") == 32007
+
+
+def test_llama_spm_attributes(vocab):
+    tok = vv.load(vocab, "llama-spm")
     assert tok.kind == "spm"
     assert tok.vocab_size == 32000
     assert (tok.bos_id, tok.eos_id, tok.unk_id) == (1, 2, 0)
@@ -134,8 +165,8 @@ def test_llama_spm_attributes(spm_tokenizers):
     assert tok.encode("Hello", add_eos=True) == [1, 15043, 2]
 
 
-def test_phi3_stop_ids_and_rstrip(spm_tokenizers):
-    tok = spm_tokenizers["phi-3"]
+def test_phi3_stop_ids_and_rstrip(vocab):
+    tok = vv.load(vocab, "phi-3")
     # EOS <|endoftext|>, plus "<|end|>" and "</s>" by text (llama.cpp's end-of-generation list)
     assert tok.stop_ids == frozenset({32000, tok.id_of("<|end|>"), tok.id_of("</s>")})
     # Phi-3's special tokens swallow the whitespace to their right (llama.cpp sets RSTRIP for phi3)
@@ -145,19 +176,20 @@ def test_phi3_stop_ids_and_rstrip(spm_tokenizers):
     assert tok.encode("Hi</s>  there", add_bos=False, special=True)[1:] == [tok.id_of("</s>"), tok.id_of("▁there")]
 
 
-def test_control_tokens_only_with_special(spm_tokenizers):
-    tok = spm_tokenizers["llama-spm"]
+def test_control_tokens_only_with_special(vocab):
+    tok = vv.load(vocab, "llama-spm")
     plain = tok.encode("a<s>b", add_bos=False)
     assert 1 not in plain and tok.decode(plain) == "a<s>b"
     parsed = tok.encode("a<s>b", add_bos=False, special=True)
     # the fragment after a special token gets the space prefix again (llama.cpp's is_prev_special)
     assert parsed == [tok.id_of("▁a"), 1, tok.id_of("▁b")]
-    assert tok.decode(parsed) == "ab"
-    assert tok.decode(parsed, special=True) == "a<s>b"
+    # ... which llama.cpp's detokenizer keeps: only the very first piece loses its space
+    assert tok.decode(parsed) == "a b"
+    assert tok.decode(parsed, special=True) == "a<s> b"
 
 
-def test_out_of_range_ids(spm_tokenizers):
-    tok = spm_tokenizers["llama-spm"]
+def test_out_of_range_ids(vocab):
+    tok = vv.load(vocab, "llama-spm")
     for bad in (32000, -1, 10**12):
         with pytest.raises(TokenizerError):
             tok.decode([5, bad])
@@ -170,14 +202,20 @@ def test_out_of_range_ids(spm_tokenizers):
     assert tok.decode(np.array([15043, 3186], np.int32)) == "Hello world"
 
 
-def test_invalid_utf8_replaced(spm_tokenizers):
-    tok = spm_tokenizers["llama-spm"]
+def test_invalid_utf8_replaced(vocab):
+    tok = vv.load(vocab, "llama-spm")
     f0 = tok.id_of("<0xF0>")
     assert tok.decode([f0]) == "\ufffd"
     assert tok.decode([f0, tok.id_of("▁a")]) == "\ufffd a"
     sd = StreamDecoder(tok)
     assert sd.feed(f0) == ""
     assert sd.flush() == "\ufffd"
+
+
+@pytest.fixture(scope="module")
+def gemma(default_model) -> Tokenizer:
+    with GGUFFile(default_model) as g:
+        return Tokenizer.from_gguf(g)
 
 
 # -- the default model (Gemma 3) ---------------------------------------------------------------------
@@ -357,7 +395,7 @@ def test_bad_metadata_names_the_key(key, value):
         Tokenizer.from_metadata(md)
 
 
-@pytest.mark.parametrize("model", ["bert", "t5", "rwkv", "plamo2", ""])
+@pytest.mark.parametrize("model", ["t5", "rwkv", "plamo2", "hybriddna", "no_vocab", "", "Llama"])
 def test_unsupported_model(model):
     md = good_md()
     md["tokenizer.ggml.model"] = model
@@ -365,15 +403,27 @@ def test_unsupported_model(model):
         Tokenizer.from_metadata(md)
 
 
-@pytest.mark.parametrize("pre", [None, "default", "deepseek-llm", "chatglm-bpe"])
+@pytest.mark.parametrize("pre", ["no-such-pre", "Llama3", "qwen-2", ""])
 def test_unsupported_bpe_pre_tokenizer(pre):
     md = good_md()
     md["tokenizer.ggml.model"] = "gpt2"
     md["tokenizer.ggml.merges"] = ["a b"]
-    if pre is not None:
-        md["tokenizer.ggml.pre"] = pre
-    with pytest.raises(UnsupportedError, match=f"'{pre or 'default'}'"):
+    md["tokenizer.ggml.pre"] = pre
+    with pytest.raises(UnsupportedError, match=f"tokenizer.ggml.pre = '{pre}'"):
         Tokenizer.from_metadata(md)
+
+
+@pytest.mark.parametrize("pre", sorted(PRE_VALUES))
+def test_every_llama_cpp_pre_value_is_accepted(pre):
+    md = good_md()
+    md.update({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.merges": ["a b"], "tokenizer.ggml.pre": pre,
+               "tokenizer.ggml.bos_token_id": 1})
+    t = Tokenizer.from_metadata(md)
+    assert t.pre.pre == pre and t.pre.family == PRE_VALUES[pre][0]
+    text = "ab a\u00e9 12345 ,.! 日本\n\n  x's"
+    words = t.pre.split(text)
+    assert "".join(words) == text and all(words)  # a partition of the text
+    t.encode(text)
 
 
 @pytest.mark.parametrize("key, value", [("tokenizer.ggml.merges", None), ("tokenizer.ggml.merges", ["a b", 3]),
