@@ -2,7 +2,7 @@
 
 A word's symbols start as its characters (after GPT-2's byte-to-printable map when the family byte
 encodes); the adjacent pair with the lowest merge rank is merged until no pair has a rank (ties: the
-leftmost). Facts: https://github.com/ggml-org/llama.cpp/blob/b8233/src/llama-vocab.cpp
+leftmost). Facts: https://github.com/ggml-org/llama.cpp/blob/0c1e57098/src/llama-vocab.cpp
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Matches llama.cpp's llama_vocab (load, tokenize, detokenize) for the tokenizer models "llama" (SPM),
 "gpt2" and "gemma4" (BPE, every pre-tokenizer family of `pretok.py`) and "bert" (WPM):
-https://github.com/ggml-org/llama.cpp/blob/b8233/src/llama-vocab.cpp
+https://github.com/ggml-org/llama.cpp/blob/0c1e57098/src/llama-vocab.cpp
 
 Flags per model (llama.cpp's defaults; the GGUF keys add_bos_token, add_eos_token and
 add_space_prefix override them; BPE flags come from the pre-tokenizer, see pretok.py):

@@ -8,7 +8,7 @@ BPE) or through GPT-2's byte map (byte-level BPE); byte tokens their byte; unuse
 add_space_prefix flag is set (unless `remove_special` dropped a leading BOS), then, for vocabularies
 with clean_spaces (most byte-level BPE and WPM ones), llama.cpp's clean_up_tokenization_spaces passes:
 " ?", " !", " .", " ," lose the space; a lone "'" between spaces loses both; " 's", " 'm", " 're",
-" 've" lose the space. Facts: https://github.com/ggml-org/llama.cpp/blob/b8233/src/llama-vocab.cpp
+" 've" lose the space. Facts: https://github.com/ggml-org/llama.cpp/blob/0c1e57098/src/llama-vocab.cpp
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Facts from llama.cpp's src/llama-vocab.cpp (llm_tokenizer_bpe, llama_vocab::impl::load) and
 src/unicode.cpp (unicode_regex_split), as vendored in llama-cpp-python 0.3.36:
-https://github.com/ggml-org/llama.cpp/blob/b8233/src/llama-vocab.cpp
+https://github.com/ggml-org/llama.cpp/blob/0c1e57098/src/llama-vocab.cpp and .../src/unicode.cpp
 
 How a text is split (`PreTokenizer.split`): the regexes of the family run one after the other, each
 splitting every piece the previous one left (the first sees the whole fragment); within a piece the

@@ -3,7 +3,7 @@
 Start from the characters of one escaped fragment ('▁' for spaces), repeatedly merge the adjacent pair
 whose concatenation is a vocabulary token with the highest score (ties: leftmost), then map each symbol
 to its token, or to its UTF-8 bytes' byte-fallback tokens, or to the unknown token.
-Facts: https://github.com/ggml-org/llama.cpp/blob/b8233/src/llama-vocab.cpp
+Facts: https://github.com/ggml-org/llama.cpp/blob/0c1e57098/src/llama-vocab.cpp
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 roles and end-of-generation texts llama.cpp recognises, and checked readers of untrusted metadata.
 
 Facts from llama.cpp's llama_vocab::impl::load:
-https://github.com/ggml-org/llama.cpp/blob/b8233/src/llama-vocab.cpp
+https://github.com/ggml-org/llama.cpp/blob/0c1e57098/src/llama-vocab.cpp
 """
 
 from __future__ import annotations

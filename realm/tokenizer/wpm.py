@@ -4,7 +4,7 @@ Normalize (optionally the first code point of each NFD decomposition and lowerca
 control characters and, when stripping accents, marks), split at whitespace and around every
 punctuation character, ASCII symbol and CJK ideograph, then cover each word, prefixed with '▁',
 greedily by the longest vocabulary entries; a word that cannot be covered becomes the unknown token.
-Facts: https://github.com/ggml-org/llama.cpp/blob/b8233/src/llama-vocab.cpp
+Facts: https://github.com/ggml-org/llama.cpp/blob/0c1e57098/src/llama-vocab.cpp
 """
 
 from __future__ import annotations

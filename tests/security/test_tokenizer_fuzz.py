@@ -194,3 +194,38 @@ def test_malformed_metadata(edits, text, ids):
             tok.decode(ids, special=special)
         except TokenizerError:
             pass
+
+
+# -- streaming equals whole decoding, whatever the ids ------------------------------------------------
+
+def _tricky_ids(tok: Tokenizer) -> list[int]:
+    """Ids whose pieces hold spaces, apostrophes, clean-up punctuation or partial UTF-8."""
+    out = []
+    for i in range(tok.vocab_size):
+        p = tok.piece_bytes(i, True)
+        if p and (set(p) & set(b" '?!.,") or p[0] >= 0x80) and len(p) <= 4:
+            out.append(i)
+        if len(out) >= 3000:
+            break
+    return out
+
+
+@pytest.fixture(scope="module")
+def streamed(vocab):
+    return {name: (vv.load(vocab, name), _tricky_ids(vv.load(vocab, name)))
+            for name in ("llama-bpe", "gemma-4", "llama-spm", "bert-bge")}
+
+
+@FUZZ
+@given(data=st.data(), name=st.sampled_from(["llama-bpe", "gemma-4", "llama-spm", "bert-bge"]),
+       special=st.booleans(), lstrip=st.booleans())
+def test_stream_decoder_equals_decode(streamed, data, name, special, lstrip):
+    tok, tricky = streamed[name]
+    ids = data.draw(st.lists(st.one_of(st.sampled_from(tricky), st.integers(0, tok.vocab_size - 1)), max_size=30))
+    sd = StreamDecoder(tok, special=special, lstrip_first=lstrip)
+    pieces = [sd.feed(i) for i in ids] + [sd.flush()]
+    whole = tok.decode(ids, special=special)
+    if lstrip or not tok._lstrip_first:
+        assert "".join(pieces) == whole
+    else:  # without lstrip_first the first piece keeps its space
+        assert "".join(pieces).removeprefix(" ") == whole.removeprefix(" ")

@@ -152,6 +152,45 @@ def test_end_of_turn_ids(tok):
     assert tok("phi-3").eot_id == tok("phi-3").id_of("<|end|>") == 32007
 
 
+def test_stream_decoder_holds_back_what_clean_spaces_may_remove(tok):
+    llama3 = tok("llama-bpe")
+    ids = llama3.encode("Hello , world 's", add_bos=False)
+    assert [llama3.token_text(i) for i in ids] == ["Hello", "Ġ,", "Ġworld", "Ġ'", "s"]
+    sd = StreamDecoder(llama3)
+    pieces = [sd.feed(i) for i in ids] + [sd.flush()]
+    # " ," waits: the next piece decides (here: the clean-up removes the space); so do " '" and "s"
+    assert pieces == ["Hello", "", ", world", "", "", "'s"]
+    assert "".join(pieces) == llama3.decode(ids) == "Hello, world's"
+    qwen = tok("qwen2")  # no clean_spaces: nothing is held back
+    ids = qwen.encode("Hello , world 's", add_bos=False)
+    sd = StreamDecoder(qwen)
+    assert [sd.feed(i) for i in ids] == [qwen.decode([i]) for i in ids]
+
+
+def test_stream_decoder_never_splits_a_character(tok):
+    gemma4 = tok("gemma-4")  # SPM-style BPE with <0xNN> byte fallback
+    text = "a\U0002a6b2b"
+    ids = gemma4.encode(text, add_bos=False)
+    assert sum(gemma4.token_type(i) == TokenType.BYTE for i in ids) == 4
+    sd = StreamDecoder(gemma4)
+    pieces = [sd.feed(i) for i in ids]
+    assert pieces[1:4] == ["", "", ""] and "".join(pieces) + sd.flush() == text
+
+
+def test_harmony_and_gemma4_end_of_generation_exceptions():
+    """llama.cpp: "<|end|>" is no end of generation next to <|return|> and <|call|> (gpt-oss), and "</s>"
+    is a normal token next to "<|tool_response>" (Gemma 4)."""
+    harmony = tiny(["<|return|>", "<|call|>", "<|end|>", "<|start|>"], [0] * 4, [3] * 4)
+    assert sorted(harmony.token_text(i) for i in harmony.stop_ids) == ["</s>", "<|call|>", "<|return|>"]
+    assert not harmony.is_control(harmony.id_of("<|end|>"))  # user-defined: always rendered
+    assert harmony.decode([harmony.id_of("<|end|>"), harmony.id_of("<|start|>")]) == "<|end|><|start|>"
+    plain = tiny(["<|end|>"], [0], [3])
+    assert plain.id_of("<|end|>") in plain.stop_ids
+    gemma4_like = tiny(["<|tool_response>", "<turn|>"], [0, 0], [3, 3])
+    assert gemma4_like.id_of("</s>") not in gemma4_like.stop_ids
+    assert {gemma4_like.id_of("<|tool_response>"), gemma4_like.id_of("<turn|>")} <= gemma4_like.stop_ids
+
+
 def test_llama_spm_attributes(vocab):
     tok = vv.load(vocab, "llama-spm")
     assert tok.kind == "spm"
