@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from realm.errors import ConfigError, UnsupportedError
 from realm.quants import require_supported
 
@@ -124,6 +126,15 @@ class ModelConfig:
         if self.rope_factors == ROPE_FACTORS_LONG_SHORT:
             return "rope_factors_long.weight" if n_ctx > self.rope_orig_ctx else "rope_factors_short.weight"
         return None
+
+    def check_rope_factors(self, factors, name: str):
+        """The factor tensor's values (rope_dim/2,) as read by an engine: every one positive and finite,
+        else ConfigError naming the tensor (a zero or NaN divisor would give NaN logits)."""
+        values = np.asarray(factors, np.float32).reshape(-1)  # (rope_dim/2,)
+        if values.shape != (self.rope_dim // 2,) or not (np.isfinite(values) & (values > 0)).all():
+            raise ConfigError(
+                f"tensor {name!r}: RoPE frequency factors must be {self.rope_dim // 2} positive finite values")
+        return values
 
     def matrix_source(self, il: int, name: str) -> tuple[str, int, int]:
         """(tensor name, first row, end row) of layer il's matrix `name` (attn_q .. ffn_down):

@@ -143,7 +143,8 @@ class NumbaEngine:
         self.rope_sin = np.zeros_like(self.rope_cos)
         positions = np.arange(n_ctx, dtype=np.int64)  # (n_ctx,)
         factors_name = c.rope_factors_tensor(n_ctx)
-        factors = vec(factors_name) if factors_name else np.ones(c.rope_dim // 2, np.float32)  # (rope_dim/2,)
+        factors = (c.check_rope_factors(vec(factors_name), factors_name) if factors_name
+                   else np.ones(c.rope_dim // 2, np.float32))  # (rope_dim/2,)
         for slot, (base, scale) in enumerate(((c.rope_theta, c.rope_freq_scale), (c.rope_theta_local, 1.0))):
             ops.rope_cos_sin(positions, base, scale, c.rope_dim, factors, c.rope_attn_factor,
                              self.rope_cos[slot], self.rope_sin[slot])

@@ -105,7 +105,7 @@ class ReferenceEngine:
                 if bias is not None:
                     W[f"blk.{il}.{name}.bias"] = tensors[bias[0]][bias[1]:bias[2]]
         factors = c.rope_factors_tensor(n_ctx)
-        self.rope_factors = tensors[factors] if factors else None  # (rope_dim/2,) or None
+        self.rope_factors = c.check_rope_factors(tensors[factors], factors) if factors else None  # (rope_dim/2,)
         self.key_cache = np.zeros((c.n_layers, n_ctx, c.n_kv_heads, c.head_dim), np.float32)  # (L, n_ctx, n_kv, hd)
         self.value_cache = np.zeros_like(self.key_cache)  # (L, n_ctx, n_kv, hd)
         self.n_past = 0
