@@ -1,4 +1,4 @@
-"""Synthetic test models: small random LLaMA / Gemma 3 GGUFs written with `gguf.GGUFWriter`.
+"""Synthetic test models: small random llama / gemma3 / qwen2 / qwen3 / phi3 GGUFs written with `gguf.GGUFWriter`.
 
     path = make_model(tmp_path / "m.gguf", arch="gemma3", qtype=GGMLType.Q4_K, dim=256, hidden_dim=512)
 
@@ -120,22 +120,39 @@ def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_lay
                dim: int = 64, hidden_dim: int = 128, n_heads: int = 4, n_kv_heads: int = 2, head_dim: int = 16,
                vocab_gguf=None, vocab_size: int | None = None, context_length: int = 256,
                sliding_window: int = 4, seed: int = 0, tied: bool | None = None,
-               rope_dim: int | None = None, rope_scaling: float | None = None) -> Path:
-    """Write a random `arch` model ("llama" or "gemma3") whose 2-D weights are `qtype`; returns `path`.
+               rope_dim: int | None = None, rope_scaling: float | None = None, rope_base: float | None = None,
+               rope_freqs: bool = False, rope_long_short: bool | None = None, qkv_bias: bool | None = None,
+               output_bias: bool = False, fused_qkv: bool | None = None, metadata: dict | None = None,
+               extra_tensors: dict | None = None) -> Path:
+    """Write a random `arch` model whose 2-D weights are `qtype`; returns `path`.
 
-    n_layers defaults to 2 for llama and 6 for gemma3 (so one global layer follows five sliding ones);
+    n_layers defaults to 2 (6 for gemma3, so one global layer follows five sliding ones);
     `sliding_window` (gemma3 only) should be shorter than the test sequence. `vocab_gguf` copies a
     real tokenizer (its vocabulary size wins); otherwise a tiny SPM vocab of `vocab_size` (default 300).
-    `tied` defaults to True for gemma3 (no output.weight). `rope_dim` < head_dim gives partial rotary
-    (llama); `rope_scaling` writes linear `rope.scaling.factor` (global layers only on gemma3).
+    `tied` defaults to True for gemma3 (no output.weight). `rope_dim` < head_dim gives partial rotary;
+    `rope_scaling` writes linear `rope.scaling.factor` (global layers only on gemma3).
+    Architecture options (defaults follow the architecture): `rope_freqs` writes Llama 3.x
+    `rope_freqs.weight` factors; `rope_long_short` (phi3) LongRoPE `rope_factors_long/short.weight` with
+    `rope.scaling.attn_factor` and an original context of context_length / 4; `qkv_bias` (qwen2) q/k/v
+    biases; `output_bias` attn_output biases; `fused_qkv` (phi3) one attn_qkv matrix. qwen3 has per-head
+    q/k norms, phi3 a fused gate+up `ffn_up`. `metadata` adds "<arch>.<key>" values,
+    `extra_tensors` more f32 tensors (name -> array).
     """
     qtype = GGMLType(qtype)
     path = Path(path)
     gemma = arch == "gemma3"
+    phi3 = arch == "phi3"
     if n_layers is None:
         n_layers = 6 if gemma else 2
     if tied is None:
         tied = gemma
+    if qkv_bias is None:
+        qkv_bias = arch == "qwen2"
+    if fused_qkv is None:
+        fused_qkv = phi3
+    if rope_long_short is None:
+        rope_long_short = phi3
+    qk_norm = arch in ("gemma3", "qwen3")
     bs, _ = block_size_and_bytes(qtype)
     for name, cols in (("dim", dim), ("hidden_dim", hidden_dim), ("n_heads * head_dim", n_heads * head_dim)):
         if cols % bs:
@@ -152,13 +169,19 @@ def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_lay
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_layer_norm_rms_eps(1e-6 if gemma else 1e-5)
-    writer.add_rope_freq_base(1e6 if gemma else 10000.0)
+    writer.add_rope_freq_base(rope_base or (1e6 if gemma else 10000.0))
     writer.add_rope_dimension_count(rope_dim or head_dim)
     if rope_scaling is not None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope_scaling)
+    if rope_long_short:
+        writer.add_rope_scaling_orig_ctx_len(context_length // 4)
+        scale = 4.0  # context_length / original context
+        writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(context_length // 4)))
     if gemma:
         writer.add_sliding_window(sliding_window)
+    for key, value in (metadata or {}).items():
+        writer.add_key_value(f"{arch}.{key}", value, _value_type(value))
     writer.add_file_type(int(qtype))
 
     if vocab_gguf is not None:
@@ -181,38 +204,80 @@ def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_lay
         data, t = quantized(rng, qtype, (rows, cols), std)
         writer.add_tensor(name, data, raw_dtype=gguf.GGMLQuantizationType(int(t)))
 
+    def stacked(name: str, parts: list[tuple[int, int, float]]) -> None:
+        """One matrix of several (rows, cols, std) parts, one after the other (fused tensors)."""
+        blocks = [quantized(rng, qtype, (rows, cols), std)[0] for rows, cols, std in parts]
+        writer.add_tensor(name, np.concatenate(blocks, axis=0), raw_dtype=gguf.GGMLQuantizationType(int(qtype)))
+
     def norm(name: str, n: int, center: float = 1.0) -> None:
         writer.add_tensor(name, (center + 0.1 * rng.standard_normal(n)).astype(np.float32))  # (n,)
 
+    def vector(name: str, n: int, std: float) -> None:
+        writer.add_tensor(name, (std * rng.standard_normal(n)).astype(np.float32))  # (n,)
+
     q_dim, kv_dim = n_heads * head_dim, n_kv_heads * head_dim
+    half = (rope_dim or head_dim) // 2
     # Gemma multiplies embeddings by sqrt(dim): store them 1/sqrt(dim) smaller so the residual is O(1);
     # the tied output then gives logits of std ~2.
     matrix("token_embd.weight", n_vocab, dim, 2.0 / math.sqrt(dim) if gemma else 1.0)
     norm("output_norm.weight", dim)
     if not tied:
         matrix("output.weight", n_vocab, dim, 3.0 / math.sqrt(dim))
+    if rope_freqs:  # Llama 3.x-like: high frequencies kept, low ones divided by up to 8
+        writer.add_tensor("rope_freqs.weight", np.geomspace(1.0, 8.0, half).astype(np.float32))  # (half,)
+    if rope_long_short:
+        writer.add_tensor("rope_factors_long.weight", np.geomspace(1.0, 16.0, half).astype(np.float32))
+        writer.add_tensor("rope_factors_short.weight", np.geomspace(1.0, 1.5, half).astype(np.float32))
     for il in range(n_layers):
         b = f"blk.{il}."
         norm(b + "attn_norm.weight", dim)
-        matrix(b + "attn_q.weight", q_dim, dim, 1.5 / math.sqrt(dim))
-        matrix(b + "attn_k.weight", kv_dim, dim, 1.5 / math.sqrt(dim))
-        matrix(b + "attn_v.weight", kv_dim, dim, 1.0 / math.sqrt(dim))
+        if fused_qkv:
+            stacked(b + "attn_qkv.weight", [(q_dim, dim, 1.5 / math.sqrt(dim)), (kv_dim, dim, 1.5 / math.sqrt(dim)),
+                                            (kv_dim, dim, 1.0 / math.sqrt(dim))])
+            if qkv_bias:
+                vector(b + "attn_qkv.bias", q_dim + 2 * kv_dim, 0.5)
+        else:
+            matrix(b + "attn_q.weight", q_dim, dim, 1.5 / math.sqrt(dim))
+            matrix(b + "attn_k.weight", kv_dim, dim, 1.5 / math.sqrt(dim))
+            matrix(b + "attn_v.weight", kv_dim, dim, 1.0 / math.sqrt(dim))
+            if qkv_bias:
+                vector(b + "attn_q.bias", q_dim, 0.5)
+                vector(b + "attn_k.bias", kv_dim, 0.5)
+                vector(b + "attn_v.bias", kv_dim, 0.5)
         matrix(b + "attn_output.weight", dim, q_dim, 1.0 / math.sqrt(q_dim))
-        if gemma:
+        if output_bias:
+            vector(b + "attn_output.bias", dim, 0.3)
+        if qk_norm:
             norm(b + "attn_q_norm.weight", head_dim)
             norm(b + "attn_k_norm.weight", head_dim)
+        if gemma:
             norm(b + "post_attention_norm.weight", dim)
             norm(b + "post_ffw_norm.weight", dim)
         norm(b + "ffn_norm.weight", dim)
-        matrix(b + "ffn_gate.weight", hidden_dim, dim, 1.0 / math.sqrt(dim))
-        matrix(b + "ffn_up.weight", hidden_dim, dim, 1.0 / math.sqrt(dim))
+        if phi3:  # gate rows, then up rows
+            stacked(b + "ffn_up.weight", [(hidden_dim, dim, 1.0 / math.sqrt(dim))] * 2)
+        else:
+            matrix(b + "ffn_gate.weight", hidden_dim, dim, 1.0 / math.sqrt(dim))
+            matrix(b + "ffn_up.weight", hidden_dim, dim, 1.0 / math.sqrt(dim))
         matrix(b + "ffn_down.weight", dim, hidden_dim, 1.0 / math.sqrt(hidden_dim))
+    for name, array in (extra_tensors or {}).items():
+        writer.add_tensor(name, np.asarray(array, np.float32))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def _value_type(value):
+    if isinstance(value, bool):
+        return gguf.GGUFValueType.BOOL
+    if isinstance(value, int):
+        return gguf.GGUFValueType.UINT32
+    if isinstance(value, float):
+        return gguf.GGUFValueType.FLOAT32
+    return gguf.GGUFValueType.STRING
 
 
 def kquant_dims() -> dict[str, int]:

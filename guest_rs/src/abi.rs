@@ -4,7 +4,7 @@
 
 #![allow(dead_code)] // the whole table is mirrored, not every code is produced by the guest
 
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 pub const ERR_BOUNDS: i32 = -1;
 pub const ERR_NO_MODEL: i32 = -2;
@@ -95,10 +95,20 @@ pub mod config_word {
     pub const SLIDING_WINDOW_PATTERN: usize = 19;
     pub const FLAGS: usize = 20;
     pub const FINAL_LOGIT_SOFTCAP: usize = 21;
+    pub const ROPE_FACTORS: usize = 22;
+    pub const ROPE_ORIG_CTX: usize = 23;
+    pub const ROPE_ATTN_FACTOR: usize = 24;
 }
 pub const FLAG_QK_NORM: u32 = 1 << 0;
 pub const FLAG_POST_NORMS: u32 = 1 << 1;
 pub const FLAG_TIED_OUTPUT: u32 = 1 << 2;
+pub const FLAG_QKV_BIAS: u32 = 1 << 3;
+pub const FLAG_ATTN_OUTPUT_BIAS: u32 = 1 << 4;
+pub const FLAG_FUSED_QKV: u32 = 1 << 5;
+pub const FLAG_FUSED_GATE_UP: u32 = 1 << 6;
+pub const ROPE_FACTORS_NONE: u32 = 0;
+pub const ROPE_FACTORS_FREQS: u32 = 1;
+pub const ROPE_FACTORS_LONG_SHORT: u32 = 2;
 pub const ROPE_NORM: u32 = 0;
 pub const ROPE_NEOX: u32 = 1;
 pub const ACT_SILU: u32 = 0;

@@ -5,7 +5,8 @@
 //! allocated; the rest of the budget pins matrices in access order (layer by layer, then the
 //! output matrix), loaded on first use. Matrices that do not fit are streamed through the chunk
 //! buffer at every use; each chunk is multiplied with all tokens of the batch. Token embeddings are
-//! fetched one row per token. llama and gemma3 differ only through `Config` fields.
+//! fetched one row per token. llama, gemma3, qwen2, qwen3 and phi3 differ only through `Config`
+//! fields (a fused tensor, e.g. phi3's `attn_qkv`, is read as several matrices at row offsets).
 //!
 //! Parts: an engine may run several instances of this guest (docs/abi.md, "Shards"). Each then
 //! multiplies one part of every matrix's rows (`part_rows`) and caches only that part; the main
@@ -141,6 +142,13 @@ struct Config {
     post_norms: bool,
     tied_output: bool,
     final_logit_softcap: f32,
+    rope_factors: u32,     // ROPE_FACTORS_*: which frequency-factor tensor divides RoPE's frequencies
+    rope_orig_ctx: usize,  // LongRoPE: long factors iff n_ctx > this
+    rope_attn_factor: f32, // RoPE's cos and sin are multiplied by this
+    qkv_bias: bool,
+    attn_output_bias: bool,
+    fused_qkv: bool,
+    fused_gate_up: bool,
 }
 
 impl Config {
@@ -175,6 +183,13 @@ impl Config {
             post_norms: flags & FLAG_POST_NORMS != 0,
             tied_output: flags & FLAG_TIED_OUTPUT != 0,
             final_logit_softcap: f(w::FINAL_LOGIT_SOFTCAP),
+            rope_factors: u(w::ROPE_FACTORS),
+            rope_orig_ctx: u(w::ROPE_ORIG_CTX) as usize,
+            rope_attn_factor: f(w::ROPE_ATTN_FACTOR),
+            qkv_bias: flags & FLAG_QKV_BIAS != 0,
+            attn_output_bias: flags & FLAG_ATTN_OUTPUT_BIAS != 0,
+            fused_qkv: flags & FLAG_FUSED_QKV != 0,
+            fused_gate_up: flags & FLAG_FUSED_GATE_UP != 0,
         };
         let small = |v: usize| v > 0 && v <= 1 << 20;
         let dims_ok = small(c.dim)
@@ -202,12 +217,16 @@ impl Config {
             c.norm_eps,
             c.embed_scale,
             c.attn_scale,
+            c.rope_attn_factor,
         ]
         .iter()
         .all(|v| v.is_finite() && *v > 0.0)
             && c.final_logit_softcap.is_finite()
             && c.final_logit_softcap >= 0.0;
-        let enums_ok = c.rope_style <= ROPE_NEOX && c.activation <= ACT_GELU_TANH;
+        let enums_ok = c.rope_style <= ROPE_NEOX
+            && c.activation <= ACT_GELU_TANH
+            && c.rope_factors <= ROPE_FACTORS_LONG_SHORT
+            && flags < 1 << 7;
         if !(dims_ok && floats_ok && enums_ok) {
             return Err(ERR_BAD_CONFIG);
         }
@@ -226,6 +245,48 @@ impl Config {
         let p = self.sliding_window_pattern;
         self.sliding_window > 0 && p > 0 && il % p != p - 1
     }
+
+    /// (tensor, first row, rows, tensor rows) of layer il's matrix `name`: fused tensors hold
+    /// several matrices one after the other (`realm.config.ModelConfig.matrix_source`).
+    fn matrix_source(&self, il: usize, name: &str) -> (String, usize, usize, usize) {
+        let (q, kv, h) = (self.q_dim(), self.kv_dim(), self.hidden_dim);
+        let t = |s: &str| format!("blk.{}.{}.weight", il, s);
+        let qkv = q + 2 * kv;
+        match name {
+            "attn_q" if self.fused_qkv => (t("attn_qkv"), 0, q, qkv),
+            "attn_k" if self.fused_qkv => (t("attn_qkv"), q, kv, qkv),
+            "attn_v" if self.fused_qkv => (t("attn_qkv"), q + kv, kv, qkv),
+            "ffn_gate" if self.fused_gate_up => (t("ffn_up"), 0, h, 2 * h),
+            "ffn_up" if self.fused_gate_up => (t("ffn_up"), h, h, 2 * h),
+            "attn_q" => (t(name), 0, q, q),
+            "attn_k" | "attn_v" => (t(name), 0, kv, kv),
+            "ffn_gate" | "ffn_up" => (t(name), 0, h, h),
+            _ => (t(name), 0, self.dim, self.dim), // attn_output, ffn_down
+        }
+    }
+
+    /// (tensor, start, n, tensor length) of the bias after layer il's matrix `name`, if any.
+    fn bias_source(&self, il: usize, name: &str) -> Option<(String, usize, usize, usize)> {
+        let b = |s: &str| format!("blk.{}.{}.bias", il, s);
+        match name {
+            "attn_q" | "attn_k" | "attn_v" if self.qkv_bias => {
+                let (_, r0, rows, total) = self.matrix_source(il, name);
+                Some(if self.fused_qkv { (b("attn_qkv"), r0, rows, total) } else { (b(name), 0, rows, rows) })
+            }
+            "attn_output" if self.attn_output_bias => Some((b(name), 0, self.dim, self.dim)),
+            _ => None,
+        }
+    }
+
+    /// The frequency-factor tensor an engine of context n_ctx uses, if any.
+    fn rope_factors_tensor(&self, n_ctx: usize) -> Option<&'static str> {
+        match self.rope_factors {
+            ROPE_FACTORS_FREQS => Some("rope_freqs.weight"),
+            ROPE_FACTORS_LONG_SHORT if n_ctx > self.rope_orig_ctx => Some("rope_factors_long.weight"),
+            ROPE_FACTORS_LONG_SHORT => Some("rope_factors_short.weight"),
+            _ => None,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -239,6 +300,7 @@ struct Matrix {
     cols: usize,
     row_bytes: usize,
     n_bytes: u64, // may exceed 4 GiB (wasm32 usize is 32 bits): offsets into a tensor are u64
+    base: u64,    // byte offset of row 0 inside the tensor (a matrix of a fused tensor)
     slot: Option<usize>, // index into Weights::cache when resident
 }
 
@@ -317,7 +379,7 @@ impl Weights {
             let slot = &mut self.cache[s];
             if !slot.loaded {
                 stats().cache_misses += 1;
-                fetch(self.model_id, m.handle, slot.row0 as u64 * rb as u64, &mut slot.data)?;
+                fetch(self.model_id, m.handle, m.base + slot.row0 as u64 * rb as u64, &mut slot.data)?;
                 slot.loaded = true;
                 stats().cache_bytes += slot.data.len() as u64;
             } else {
@@ -345,7 +407,7 @@ impl Weights {
         while r < r1 {
             let n = rows_per_chunk.min(r1 - r);
             let buf = &mut self.chunk[..n * rb];
-            fetch(self.model_id, m.handle, r as u64 * rb as u64, buf)?;
+            fetch(self.model_id, m.handle, m.base + r as u64 * rb as u64, buf)?;
             kernels::matmul(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r - r0..], out_stride, tmp, xqb);
             r += n;
         }
@@ -373,6 +435,10 @@ struct Layer {
     post_attention_norm: Vec<f32>, // (dim,) or empty
     ffn_norm: Vec<f32>,            // (dim,)
     post_ffw_norm: Vec<f32>,       // (dim,) or empty
+    bias_q: Vec<f32>,              // (q_dim,) or empty
+    bias_k: Vec<f32>,              // (kv_dim,) or empty
+    bias_v: Vec<f32>,              // (kv_dim,) or empty
+    bias_output: Vec<f32>,         // (dim,) or empty
     attn_q: Matrix,                // (q_dim, dim)
     attn_k: Matrix,                // (kv_dim, dim)
     attn_v: Matrix,                // (kv_dim, dim)
@@ -429,6 +495,7 @@ struct Engine {
     token_embd: Matrix,    // (vocab_size, dim)
     output: Matrix,        // (vocab_size, dim); token_embd when tied
     output_norm: Vec<f32>, // (dim,)
+    rope_factors: Vec<f32>, // (rope_dim/2,) divisors of RoPE's frequencies (ones without factors)
     a: Acts,
     hidden: Vec<f32>,     // (dim,) last position after output_norm: the output matrix's input
     logits: Vec<f32>,     // (vocab_size,) last position
@@ -480,11 +547,19 @@ fn lookup(model_id: i64, name: &str) -> Res<(i32, TensorInfo)> {
 
 /// Look up a matrix and check it is (rows, cols) of a supported type.
 fn matrix(model_id: i64, name: &str, rows: usize, cols: usize) -> Res<Matrix> {
+    matrix_part(model_id, name, rows, cols, 0, rows)
+}
+
+/// Rows [row0, row0 + rows) of a (total, cols) tensor of a supported type, as a matrix.
+fn matrix_part(model_id: i64, name: &str, total: usize, cols: usize, row0: usize, rows: usize) -> Res<Matrix> {
+    if row0 + rows > total {
+        return Err(ERR_BAD_CONFIG);
+    }
     let (handle, info) = lookup(model_id, name)?;
     let t = GgmlType::from_u32(info.ggml_type).ok_or(ERR_UNSUPPORTED)?;
     let dims_ok = info.n_dims == 2
         && info.ne[0] == cols as u64
-        && info.ne[1] == rows as u64
+        && info.ne[1] == total as u64
         && info.ne[2] == 1
         && info.ne[3] == 1;
     if !dims_ok {
@@ -492,8 +567,8 @@ fn matrix(model_id: i64, name: &str, rows: usize, cols: usize) -> Res<Matrix> {
         return Err(ERR_BAD_CONFIG);
     }
     let row_bytes = t.row_bytes(cols).ok_or(ERR_BAD_CONFIG)?;
-    let n_bytes = row_bytes as u64 * rows as u64; // both < 2^32: no overflow in u64
-    if info.n_bytes != n_bytes {
+    // all < 2^32: no overflow in u64
+    if info.n_bytes != row_bytes as u64 * total as u64 {
         return Err(ERR_BAD_CONFIG);
     }
     Ok(Matrix {
@@ -502,7 +577,8 @@ fn matrix(model_id: i64, name: &str, rows: usize, cols: usize) -> Res<Matrix> {
         rows,
         cols,
         row_bytes,
-        n_bytes,
+        n_bytes: row_bytes as u64 * rows as u64,
+        base: row_bytes as u64 * row0 as u64,
         slot: None,
     })
 }
@@ -524,6 +600,26 @@ fn vector(model_id: i64, name: &str, n: usize, budget: usize) -> Res<Vec<f32>> {
     release(&mut raw);
     fetched?;
     Ok(out)
+}
+
+/// Elements [start, start + n) of a 1-D weight of `total` elements (a fused bias), if `src` is given.
+fn vector_part(want: bool, model_id: i64, src: Option<(String, usize, usize, usize)>, budget: usize) -> Res<Vec<f32>> {
+    match src {
+        Some((name, start, n, total)) if want => {
+            if start + n > total {
+                return Err(ERR_BAD_CONFIG);
+            }
+            let mut full = vector(model_id, &name, total, budget)?;
+            if start > 0 || n < total {
+                let mut part = try_vec(n, 0f32, budget)?;
+                part.copy_from_slice(&full[start..start + n]);
+                release(&mut full);
+                return Ok(part);
+            }
+            Ok(full)
+        }
+        _ => Ok(Vec::new()),
+    }
 }
 
 fn optional_vector(want: bool, model_id: i64, name: &str, n: usize, budget: usize) -> Res<Vec<f32>> {
@@ -580,11 +676,26 @@ impl Engine {
             matrix(model_id, "output.weight", vocab, dim)?
         };
         let output_norm = vector(model_id, "output_norm.weight", dim, budget)?;
+        let half = cfg.rope_dim / 2;
+        let rope_factors = match cfg.rope_factors_tensor(n_ctx) {
+            Some(name) if !shard => vector(model_id, name, half, budget)?,
+            _ => try_vec(half, 1f32, budget)?,
+        };
+        // a factor must be a positive finite divisor
+        if !rope_factors.iter().all(|v| v.is_finite() && *v > 0.0) {
+            host::log(3, "RoPE frequency factors must be positive and finite");
+            return Err(ERR_BAD_CONFIG);
+        }
         let mut layers = Vec::new();
         layers.try_reserve_exact(cfg.n_layers).map_err(|_| ERR_OOM)?;
         let main = !shard;
         for il in 0..cfg.n_layers {
             let name = |s: &str| format!("blk.{}.{}.weight", il, s);
+            let mat = |s: &str, cols: usize| {
+                let (tensor, row0, rows, total) = cfg.matrix_source(il, s);
+                matrix_part(model_id, &tensor, total, cols, row0, rows)
+            };
+            let bias = |s: &str| vector_part(main, model_id, cfg.bias_source(il, s), budget);
             let sliding = cfg.layer_is_sliding(il);
             let kv_cap = if main { kv_capacity(&cfg, il, n_ctx) } else { 0 };
             layers.push(Layer {
@@ -600,13 +711,17 @@ impl Engine {
                 )?,
                 ffn_norm: optional_vector(main, model_id, &name("ffn_norm"), dim, budget)?,
                 post_ffw_norm: optional_vector(main && cfg.post_norms, model_id, &name("post_ffw_norm"), dim, budget)?,
-                attn_q: matrix(model_id, &name("attn_q"), q_dim, dim)?,
-                attn_k: matrix(model_id, &name("attn_k"), kv_dim, dim)?,
-                attn_v: matrix(model_id, &name("attn_v"), kv_dim, dim)?,
-                attn_output: matrix(model_id, &name("attn_output"), dim, q_dim)?,
-                ffn_gate: matrix(model_id, &name("ffn_gate"), hidden, dim)?,
-                ffn_up: matrix(model_id, &name("ffn_up"), hidden, dim)?,
-                ffn_down: matrix(model_id, &name("ffn_down"), dim, hidden)?,
+                bias_q: bias("attn_q")?,
+                bias_k: bias("attn_k")?,
+                bias_v: bias("attn_v")?,
+                bias_output: bias("attn_output")?,
+                attn_q: mat("attn_q", dim)?,
+                attn_k: mat("attn_k", dim)?,
+                attn_v: mat("attn_v", dim)?,
+                attn_output: mat("attn_output", q_dim)?,
+                ffn_gate: mat("ffn_gate", dim)?,
+                ffn_up: mat("ffn_up", dim)?,
+                ffn_down: mat("ffn_down", hidden)?,
                 key_cache: try_vec(kv_cap * kv_dim, 0u16, budget)?,
                 value_cache: try_vec(kv_cap * kv_dim, 0u16, budget)?,
                 kv_cap,
@@ -710,6 +825,7 @@ impl Engine {
             token_embd,
             output,
             output_norm,
+            rope_factors,
             a,
             hidden: hidden_state,
             logits,
@@ -780,15 +896,18 @@ impl Engine {
         }
     }
 
-    /// (cos, sin) table of `pos` for RoPE base `theta` and position scale `scale` into `cs` (rope_dim/2 pairs).
-    fn rope_table(cfg: &Config, pos: usize, theta: f32, scale: f32, cs: &mut [f32]) {
+    /// (cos, sin) table of `pos` for RoPE base `theta` and position scale `scale` into `cs` (rope_dim/2
+    /// pairs): pair i turns by pos * scale * theta^(-2i/rope_dim) / factors[i]; cos and sin are
+    /// multiplied by the attention factor (ggml_rope_ext's freq_factors and attn_factor, no YaRN).
+    fn rope_table(cfg: &Config, factors: &[f32], pos: usize, theta: f32, scale: f32, cs: &mut [f32]) {
         let half = cfg.rope_dim / 2;
         let p = pos as f64 * scale as f64;
+        let m = cfg.rope_attn_factor as f64;
         for i in 0..half {
-            let inv_freq = (theta as f64).powf(-2.0 * i as f64 / cfg.rope_dim as f64);
+            let inv_freq = (theta as f64).powf(-2.0 * i as f64 / cfg.rope_dim as f64) / factors[i] as f64;
             let angle = p * inv_freq;
-            cs[2 * i] = angle.cos() as f32;
-            cs[2 * i + 1] = angle.sin() as f32;
+            cs[2 * i] = (angle.cos() * m) as f32;
+            cs[2 * i + 1] = (angle.sin() * m) as f32;
         }
     }
 
@@ -899,9 +1018,9 @@ impl Engine {
         let half = cfg.rope_dim / 2;
         for t in 0..nt {
             let g = &mut self.a.rope[t * cfg.rope_dim..(t + 1) * cfg.rope_dim];
-            Self::rope_table(&cfg, pos0 + t, cfg.rope_theta, cfg.rope_freq_scale, g);
+            Self::rope_table(&cfg, &self.rope_factors, pos0 + t, cfg.rope_theta, cfg.rope_freq_scale, g);
             let l = &mut self.a.rope[(nt + t) * cfg.rope_dim..(nt + t + 1) * cfg.rope_dim];
-            Self::rope_table(&cfg, pos0 + t, cfg.rope_theta_local, 1.0, l);
+            Self::rope_table(&cfg, &self.rope_factors, pos0 + t, cfg.rope_theta_local, 1.0, l);
         }
 
         let parts = (self.part, self.n_parts);
@@ -929,6 +1048,9 @@ impl Engine {
                 &mut a.tmp,
                 &mut a.xq,
             )?;
+            add_bias(&mut a.q[..nt * q_dim], &layer.bias_q);
+            add_bias(&mut a.k[..nt * kv_dim], &layer.bias_k);
+            add_bias(&mut a.v[..nt * kv_dim], &layer.bias_v);
             let kind = if layer.sliding { 1 } else { 0 };
             for t in 0..nt {
                 let pos = pos0 + t;
@@ -984,6 +1106,7 @@ impl Engine {
                 &mut a.tmp,
                 &mut a.xq,
             )?;
+            add_bias(&mut a.xb[..nt * dim], &layer.bias_output);
             for t in 0..nt {
                 let xb = &mut a.xb[t * dim..(t + 1) * dim];
                 if cfg.post_norms {
@@ -1194,6 +1317,18 @@ fn group_matmul(
         }
     }
     res
+}
+
+/// Add `bias` (n,) to every row of `x` (nt, n); nothing when the bias is empty.
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    if bias.is_empty() {
+        return;
+    }
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias.iter()) {
+            *v += *b;
+        }
+    }
 }
 
 /// out = x / sqrt(mean(x^2) + eps) * w

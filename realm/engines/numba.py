@@ -35,6 +35,10 @@ class Layer:
     attn_k: Matrix  # (kv_dim, dim)
     attn_v: Matrix  # (kv_dim, dim)
     attn_output: Matrix  # (dim, q_dim)
+    bias_q: np.ndarray | None  # (q_dim,) f32 when config.qkv_bias
+    bias_k: np.ndarray | None  # (kv_dim,)
+    bias_v: np.ndarray | None  # (kv_dim,)
+    bias_output: np.ndarray | None  # (dim,) when config.attn_output_bias
     attn_q_norm: np.ndarray  # (head_dim,), unused (ones) unless config.qk_norm
     attn_k_norm: np.ndarray  # (head_dim,)
     post_attention_norm: np.ndarray  # (dim,), unused (ones) unless config.post_norms
@@ -80,10 +84,22 @@ class NumbaEngine:
         self._file = gguf_file
         self.weight_bytes = 0
 
-        def mat(name: str) -> Matrix:
+        def mat(name: str, lo: int = 0, hi: int | None = None) -> Matrix:
+            """Rows [lo, hi) of a tensor (a fused tensor holds several matrices)."""
             info = gguf_file.tensors[name]
-            self.weight_bytes += info.n_bytes
-            return gguf_file.tensor_rows(name), require_supported(info.ggml_type, name)
+            rows = gguf_file.tensor_rows(name)[lo:hi]  # (rows, row_bytes) view
+            self.weight_bytes += rows.nbytes
+            return rows, require_supported(info.ggml_type, name)
+
+        def layer_mat(il: int, name: str) -> Matrix:
+            return mat(*c.matrix_source(il, name))
+
+        def bias(il: int, name: str) -> np.ndarray | None:
+            src = c.bias_source(il, name)
+            if src is None:
+                return None
+            full = vec(src[0])  # (n,) f32
+            return np.ascontiguousarray(full[src[1]:src[2]])
 
         def vec(name: str) -> np.ndarray | None:
             info = gguf_file.tensors.get(name)
@@ -103,14 +119,16 @@ class NumbaEngine:
             b = f"blk.{il}."
             sliding = c.layer_is_sliding(il)
             self.layers.append(Layer(
-                attn_norm=vec(b + "attn_norm.weight"), attn_q=mat(b + "attn_q.weight"),
-                attn_k=mat(b + "attn_k.weight"), attn_v=mat(b + "attn_v.weight"),
-                attn_output=mat(b + "attn_output.weight"),
+                attn_norm=vec(b + "attn_norm.weight"), attn_q=layer_mat(il, "attn_q"),
+                attn_k=layer_mat(il, "attn_k"), attn_v=layer_mat(il, "attn_v"),
+                attn_output=layer_mat(il, "attn_output"),
+                bias_q=bias(il, "attn_q"), bias_k=bias(il, "attn_k"), bias_v=bias(il, "attn_v"),
+                bias_output=bias(il, "attn_output"),
                 attn_q_norm=vec(b + "attn_q_norm.weight") if c.qk_norm else ones_hd,
                 attn_k_norm=vec(b + "attn_k_norm.weight") if c.qk_norm else ones_hd,
                 post_attention_norm=vec(b + "post_attention_norm.weight") if c.post_norms else ones_dim,
-                ffn_norm=vec(b + "ffn_norm.weight"), ffn_gate=mat(b + "ffn_gate.weight"),
-                ffn_up=mat(b + "ffn_up.weight"), ffn_down=mat(b + "ffn_down.weight"),
+                ffn_norm=vec(b + "ffn_norm.weight"), ffn_gate=layer_mat(il, "ffn_gate"),
+                ffn_up=layer_mat(il, "ffn_up"), ffn_down=layer_mat(il, "ffn_down"),
                 post_ffw_norm=vec(b + "post_ffw_norm.weight") if c.post_norms else ones_dim,
                 window=c.sliding_window if sliding else 0, rope_slot=1 if sliding else 0,
             ))
@@ -124,8 +142,12 @@ class NumbaEngine:
         self.rope_cos = np.zeros((2, n_ctx, c.rope_dim // 2), np.float32)  # (slot, n_ctx, rope_dim/2)
         self.rope_sin = np.zeros_like(self.rope_cos)
         positions = np.arange(n_ctx, dtype=np.int64)  # (n_ctx,)
-        ops.rope_cos_sin(positions, c.rope_theta, c.rope_freq_scale, c.rope_dim, self.rope_cos[0], self.rope_sin[0])
-        ops.rope_cos_sin(positions, c.rope_theta_local, 1.0, c.rope_dim, self.rope_cos[1], self.rope_sin[1])
+        factors_name = c.rope_factors_tensor(n_ctx)
+        factors = (c.check_rope_factors(vec(factors_name), factors_name) if factors_name
+                   else np.ones(c.rope_dim // 2, np.float32))  # (rope_dim/2,)
+        for slot, (base, scale) in enumerate(((c.rope_theta, c.rope_freq_scale), (c.rope_theta_local, 1.0))):
+            ops.rope_cos_sin(positions, base, scale, c.rope_dim, factors, c.rope_attn_factor,
+                             self.rope_cos[slot], self.rope_sin[slot])
         self.logits = np.zeros(c.vocab_size, np.float32)  # (vocab,)
         self._decode = Buffers(c, 1)
         self.n_past = 0
@@ -168,12 +190,15 @@ class NumbaEngine:
     # --- forward pass ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _linear(w: Matrix, x: np.ndarray, out: np.ndarray) -> None:
-        """out (T, rows) = x (T, cols) @ w.T: matvec for one token, matmul (each weight read once) for a prompt."""
+    def _linear(w: Matrix, x: np.ndarray, out: np.ndarray, bias: np.ndarray | None = None) -> None:
+        """out (T, rows) = x (T, cols) @ w.T (+ bias (rows,)): matvec for one token, matmul (each weight
+        read once) for a prompt."""
         if x.shape[0] == 1:
             matvec(w[0], w[1], x[0], out[0])
         else:
             matmul(w[0], w[1], x, out)
+        if bias is not None:
+            out += bias
 
     def _forward(self, B: Buffers, T: int) -> None:
         c = self.config
@@ -191,9 +216,9 @@ class NumbaEngine:
         eps = c.norm_eps
         ops.rmsnorm(B.x, self.layers[0].attn_norm, eps, B.xb)
         for il, L in enumerate(self.layers):
-            self._linear(L.attn_q, B.xb, B.q)
-            self._linear(L.attn_k, B.xb, B.k)
-            self._linear(L.attn_v, B.xb, B.v)
+            self._linear(L.attn_q, B.xb, B.q, L.bias_q)
+            self._linear(L.attn_k, B.xb, B.k, L.bias_k)
+            self._linear(L.attn_v, B.xb, B.v, L.bias_v)
             kc, vc = self.key_cache[il], self.value_cache[il]  # (n_kv, n_ctx, hd)
             ops.qk_rope_store(q3, k3, v3, L.attn_q_norm, L.attn_k_norm, c.qk_norm, eps,
                               cos[L.rope_slot], sin[L.rope_slot], c.rope_style, kc, vc, pos0)
@@ -202,7 +227,7 @@ class NumbaEngine:
             parallel = self.threads > 1 and T * n_keys * c.n_heads * c.head_dim >= _PARALLEL_ATTENTION_WORK
             (ops.attention_parallel if parallel else ops.attention)(
                 q3, kc, vc, pos0, c.attn_scale, L.window, self.att, heads3)
-            self._linear(L.attn_output, B.heads, B.out)
+            self._linear(L.attn_output, B.heads, B.out, L.bias_output)
             ops.residual_norm(B.x, B.out, L.post_attention_norm, c.post_norms, L.ffn_norm, eps, B.xb)
             self._linear(L.ffn_gate, B.xb, B.hb)
             self._linear(L.ffn_up, B.xb, B.hb2)

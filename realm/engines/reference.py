@@ -40,12 +40,19 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope(x: np.ndarray, positions: np.ndarray, base: float, scale: float, rope_dim: int, style: int) -> np.ndarray:
-    """Rotate x (T, n_heads, head_dim) over the first rope_dim dims of each head; returns a new array."""
+def rope(x: np.ndarray, positions: np.ndarray, base: float, scale: float, rope_dim: int, style: int,
+         factors: np.ndarray | None = None, mscale: float = 1.0) -> np.ndarray:
+    """Rotate x (T, n_heads, head_dim) over the first rope_dim dims of each head; returns a new array.
+
+    Pair i turns by pos * scale * base^(-2i/rope_dim) / factors[i]; cos and sin are multiplied by
+    mscale (ggml_rope_ext's freq_factors and attn_factor without YaRN)."""
     half = rope_dim // 2
-    theta = np.outer(positions * scale, base ** (-2.0 * np.arange(half) / rope_dim))  # (T, half) f64
-    cos = np.cos(theta).astype(np.float32)[:, None, :]  # (T, 1, half)
-    sin = np.sin(theta).astype(np.float32)[:, None, :]
+    freqs = base ** (-2.0 * np.arange(half) / rope_dim)  # (half,) f64
+    if factors is not None:
+        freqs = freqs / factors.astype(np.float64)
+    theta = np.outer(positions * scale, freqs)  # (T, half) f64
+    cos = (np.cos(theta) * mscale).astype(np.float32)[:, None, :]  # (T, 1, half)
+    sin = (np.sin(theta) * mscale).astype(np.float32)[:, None, :]
     if style == ROPE_NEOX:
         a, b = np.arange(half), np.arange(half) + half  # pairs (i, i + half)
     else:
@@ -54,6 +61,13 @@ def rope(x: np.ndarray, positions: np.ndarray, base: float, scale: float, rope_d
     out[:, :, a] = x[:, :, a] * cos - x[:, :, b] * sin
     out[:, :, b] = x[:, :, a] * sin + x[:, :, b] * cos
     return out
+
+
+def linear(W: dict[str, np.ndarray], name: str, x: np.ndarray) -> np.ndarray:
+    """x (T, cols) @ W[name.weight].T (+ W[name.bias] when the model has one) -> (T, rows)."""
+    out = x @ W[name + ".weight"].T
+    bias = W.get(name + ".bias")
+    return out if bias is None else out + bias
 
 
 def activation(g: np.ndarray, kind: int) -> np.ndarray:
@@ -72,14 +86,26 @@ class ReferenceEngine:
             raise RealmError(f"n_ctx must be positive, got {n_ctx}")
         self.config = c = config
         self.n_ctx = n_ctx
-        self.weights: dict[str, np.ndarray] = {}
+        tensors: dict[str, np.ndarray] = {}
         self.weight_bytes = 0
         for name, info in gguf_file.tensors.items():
             t = require_supported(info.ggml_type, name)
-            self.weights[name] = dequantize_ref(gguf_file.tensor_bytes(name), t, tensor=name).reshape(info.shape)
+            tensors[name] = dequantize_ref(gguf_file.tensor_bytes(name), t, tensor=name).reshape(info.shape)
             self.weight_bytes += info.n_bytes
+        # W: every weight under its logical name (fused tensors cut into their matrices, biases
+        # "blk.N.attn_q.bias" etc. only where the config has them)
+        self.weights = W = dict(tensors)
         if c.tied_output:
-            self.weights["output.weight"] = self.weights["token_embd.weight"]
+            W["output.weight"] = W["token_embd.weight"]
+        for il in range(c.n_layers):
+            for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+                tensor, lo, hi = c.matrix_source(il, name)
+                W[f"blk.{il}.{name}.weight"] = tensors[tensor][lo:hi]
+                bias = c.bias_source(il, name)
+                if bias is not None:
+                    W[f"blk.{il}.{name}.bias"] = tensors[bias[0]][bias[1]:bias[2]]
+        factors = c.rope_factors_tensor(n_ctx)
+        self.rope_factors = c.check_rope_factors(tensors[factors], factors) if factors else None  # (rope_dim/2,)
         self.key_cache = np.zeros((c.n_layers, n_ctx, c.n_kv_heads, c.head_dim), np.float32)  # (L, n_ctx, n_kv, hd)
         self.value_cache = np.zeros_like(self.key_cache)  # (L, n_ctx, n_kv, hd)
         self.n_past = 0
@@ -115,15 +141,15 @@ class ReferenceEngine:
         for il in range(c.n_layers):
             b = f"blk.{il}."
             xb = rmsnorm(x, W[b + "attn_norm.weight"], c.norm_eps)  # (T, dim)
-            q = (xb @ W[b + "attn_q.weight"].T).reshape(T, c.n_heads, c.head_dim)  # (T, n_heads, hd)
-            k = (xb @ W[b + "attn_k.weight"].T).reshape(T, c.n_kv_heads, c.head_dim)  # (T, n_kv, hd)
-            v = (xb @ W[b + "attn_v.weight"].T).reshape(T, c.n_kv_heads, c.head_dim)  # (T, n_kv, hd)
+            q = linear(W, b + "attn_q", xb).reshape(T, c.n_heads, c.head_dim)  # (T, n_heads, hd)
+            k = linear(W, b + "attn_k", xb).reshape(T, c.n_kv_heads, c.head_dim)  # (T, n_kv, hd)
+            v = linear(W, b + "attn_v", xb).reshape(T, c.n_kv_heads, c.head_dim)  # (T, n_kv, hd)
             if c.qk_norm:
                 q = rmsnorm(q, W[b + "attn_q_norm.weight"], c.norm_eps)
                 k = rmsnorm(k, W[b + "attn_k_norm.weight"], c.norm_eps)
             base, scale = c.layer_rope(il)
-            q = rope(q, positions, base, scale, c.rope_dim, c.rope_style)
-            k = rope(k, positions, base, scale, c.rope_dim, c.rope_style)
+            q = rope(q, positions, base, scale, c.rope_dim, c.rope_style, self.rope_factors, c.rope_attn_factor)
+            k = rope(k, positions, base, scale, c.rope_dim, c.rope_style, self.rope_factors, c.rope_attn_factor)
             self.key_cache[il, pos0:n_keys] = k
             self.value_cache[il, pos0:n_keys] = v
             keys = self.key_cache[il, :n_keys]  # (n_keys, n_kv, hd)
@@ -139,14 +165,14 @@ class ReferenceEngine:
                 att = np.exp(scores - scores.max(axis=1, keepdims=True))  # (T, n_keys)
                 att /= att.sum(axis=1, keepdims=True)
                 heads[:, h] = att @ values[:, h // group]
-            out = heads.reshape(T, c.q_dim) @ W[b + "attn_output.weight"].T  # (T, dim)
+            out = linear(W, b + "attn_output", heads.reshape(T, c.q_dim))  # (T, dim)
             if c.post_norms:
                 out = rmsnorm(out, W[b + "post_attention_norm.weight"], c.norm_eps)
             x = x + out
             xb = rmsnorm(x, W[b + "ffn_norm.weight"], c.norm_eps)  # (T, dim)
-            gate = activation(xb @ W[b + "ffn_gate.weight"].T, c.activation)  # (T, hidden)
-            hb = gate * (xb @ W[b + "ffn_up.weight"].T)  # (T, hidden)
-            out = hb @ W[b + "ffn_down.weight"].T  # (T, dim)
+            gate = activation(linear(W, b + "ffn_gate", xb), c.activation)  # (T, hidden)
+            hb = gate * linear(W, b + "ffn_up", xb)  # (T, hidden)
+            out = linear(W, b + "ffn_down", hb)  # (T, dim)
             if c.post_norms:
                 out = rmsnorm(out, W[b + "post_ffw_norm.weight"], c.norm_eps)
             x = x + out

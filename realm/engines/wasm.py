@@ -193,7 +193,7 @@ class WasmEngine:
             return []
         base = shard_budget(config, n_parts)
         tensors = getattr(gguf_file, "tensors", None) or {}
-        suffixes = tuple(f".{n}.weight" for n in ("attn_q", "attn_k", "attn_v", "attn_output",
+        suffixes = tuple(f".{n}.weight" for n in ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output",
                                                    "ffn_gate", "ffn_up", "ffn_down"))
         layer_bytes = sum(int(t.n_bytes) for name, t in tensors.items()
                           if name.startswith("blk.") and name.endswith(suffixes))

@@ -24,7 +24,7 @@ from realm.host.store import BadModelError, IdConflictError, ModelStore, NoModel
 
 log = logging.getLogger("realm.host")
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 class Err(enum.IntEnum):
@@ -77,10 +77,11 @@ GUEST_STATS = struct.Struct("<8Q")
 GUEST_STATS_FIELDS = ("bytes_fetched", "host_calls", "cache_hits", "cache_misses", "peak_memory",
                       "n_past", "cache_bytes", "reserved")
 
-# ModelConfigABI: 32 words; 22 used (word: type field), the rest zero.
-MODEL_CONFIG = struct.Struct("<9I3f2I3f4If10I")
+# ModelConfigABI: 32 words; 25 used (word: type field), the rest zero.
+MODEL_CONFIG = struct.Struct("<9I3f2I3f4If2If7I")
 MODEL_CONFIG_SIZE = 128
 FLAG_QK_NORM, FLAG_POST_NORMS, FLAG_TIED_OUTPUT = 1, 2, 4
+FLAG_QKV_BIAS, FLAG_ATTN_OUTPUT_BIAS, FLAG_FUSED_QKV, FLAG_FUSED_GATE_UP = 8, 16, 32, 64
 
 assert TENSOR_INFO.size == 48 and READ_REQ.size == 24 and PEER_OUT.size == 16 and MODEL_CONFIG.size == MODEL_CONFIG_SIZE
 assert SAMPLE_PARAMS.size == 40 and GUEST_STATS.size == 64
@@ -112,7 +113,9 @@ def pack_read_req(handle: int, out_ptr: int, offset: int, length: int) -> bytes:
 def pack_model_config(cfg) -> bytes:
     """`realm.config.ModelConfig` -> 128-byte ModelConfigABI."""
     flags = (FLAG_QK_NORM * bool(cfg.qk_norm) | FLAG_POST_NORMS * bool(cfg.post_norms)
-             | FLAG_TIED_OUTPUT * bool(cfg.tied_output))
+             | FLAG_TIED_OUTPUT * bool(cfg.tied_output) | FLAG_QKV_BIAS * bool(cfg.qkv_bias)
+             | FLAG_ATTN_OUTPUT_BIAS * bool(cfg.attn_output_bias) | FLAG_FUSED_QKV * bool(cfg.fused_qkv)
+             | FLAG_FUSED_GATE_UP * bool(cfg.fused_gate_up))
     return MODEL_CONFIG.pack(
         ABI_VERSION, cfg.dim, cfg.hidden_dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
         cfg.vocab_size, cfg.context_length,
@@ -120,14 +123,15 @@ def pack_model_config(cfg) -> bytes:
         cfg.rope_dim, cfg.rope_style,
         cfg.norm_eps, cfg.embed_scale, cfg.attn_scale,
         cfg.activation, cfg.sliding_window, cfg.sliding_window_pattern, flags,
-        cfg.final_logit_softcap, *([0] * 10))
+        cfg.final_logit_softcap, cfg.rope_factors, cfg.rope_orig_ctx, cfg.rope_attn_factor, *([0] * 7))
 
 
 def unpack_model_config(data: bytes) -> dict[str, Any]:
     names = ("abi_version", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
              "vocab_size", "context_length", "rope_theta", "rope_theta_local", "rope_freq_scale",
              "rope_dim", "rope_style", "norm_eps", "embed_scale", "attn_scale", "activation",
-             "sliding_window", "sliding_window_pattern", "flags", "final_logit_softcap")
+             "sliding_window", "sliding_window_pattern", "flags", "final_logit_softcap",
+             "rope_factors", "rope_orig_ctx", "rope_attn_factor")
     return dict(zip(names, MODEL_CONFIG.unpack(data)))
 
 

@@ -71,21 +71,25 @@ def residual_norm_ref(x, y, post_w, has_post, next_w, eps):
 # --- RoPE -------------------------------------------------------------------------------------------
 
 @jit
-def rope_cos_sin(positions, base, scale, rope_dim, cos, sin):
-    """positions (T,) int64 -> cos, sin (T, rope_dim/2) f32 of angle (pos*scale) * base^(-2i/rope_dim)."""
+def rope_cos_sin(positions, base, scale, rope_dim, factors, mscale, cos, sin):
+    """positions (T,) int64 -> cos, sin (T, rope_dim/2) f32 of angle (pos*scale) * base^(-2i/rope_dim) / factors[i],
+    both multiplied by mscale (ggml_rope_ext's freq_factors and attn_factor; factors all ones: none)."""
     half = rope_dim // 2
     for i in range(half):
-        freq = base ** (-2.0 * i / rope_dim)
+        freq = base ** (-2.0 * i / rope_dim) / factors[i]
         for t in range(positions.shape[0]):
             theta = positions[t] * scale * freq
-            cos[t, i] = math.cos(theta)
-            sin[t, i] = math.sin(theta)
+            cos[t, i] = math.cos(theta) * mscale
+            sin[t, i] = math.sin(theta) * mscale
 
 
-def rope_cos_sin_ref(positions: np.ndarray, base: float, scale: float, rope_dim: int) -> tuple[np.ndarray, np.ndarray]:
+def rope_cos_sin_ref(positions: np.ndarray, base: float, scale: float, rope_dim: int, factors=None,
+                     mscale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     freqs = base ** (-2.0 * np.arange(rope_dim // 2) / rope_dim)  # (rope_dim/2,) f64
+    if factors is not None:
+        freqs = freqs / np.asarray(factors, np.float64)
     theta = np.outer(np.asarray(positions, np.float64) * scale, freqs)  # (T, rope_dim/2)
-    return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    return (np.cos(theta) * mscale).astype(np.float32), (np.sin(theta) * mscale).astype(np.float32)
 
 
 @jit
@@ -306,7 +310,7 @@ def warmup() -> None:
     pos = np.arange(2, dtype=np.int64)  # (T,)
     cos = np.empty((2, 4), np.float32)  # (T, rope_dim/2)
     sin = np.empty((2, 4), np.float32)
-    rope_cos_sin(pos, 10000.0, 1.0, 8, cos, sin)
+    rope_cos_sin(pos, 10000.0, 1.0, 8, np.ones(4, np.float32), 1.0, cos, sin)
     q = np.ones((2, 2, 8), np.float32)  # (T, n_heads, head_dim)
     rope(q, cos, sin, ROPE_NEOX)
     cache = np.ones((1, 4, 8), np.float32)  # (n_kv_heads, n_ctx, head_dim)

@@ -89,6 +89,25 @@ def test_error_table_matches_rust():
     assert rust == abi.ERRORS
 
 
+def test_config_layout_matches_rust_and_doc():
+    """ModelConfigABI: the word of every field and the flag bits agree in abi.py, abi.rs and docs/abi.md."""
+    rust_src = (ROOT / "guest_rs" / "src" / "abi.rs").read_text()
+    words = {name.lower(): int(i) for name, i in re.findall(r"pub const (\w+): usize = (\d+);",
+                                                           rust_src.split("pub mod config_word")[1].split("}")[0])}
+    python = abi.unpack_model_config(bytes(128))
+    assert list(python) == sorted(words, key=words.get) and list(words.values()) == list(range(len(words)))
+    doc = (ROOT / "docs" / "abi.md").read_text().split("### `ModelConfigABI`")[1].split("## Guest exports")[0]
+    doc_words = {name: int(i) for i, name in re.findall(r"^\|\s*(\d+)\s*\|\s*\w+\s*\|\s*`(\w+)`", doc, re.M)}
+    assert {k: v for k, v in doc_words.items() if k != "flags"} == {k: v for k, v in words.items() if k != "flags"}
+    assert int(re.search(r"ABI_VERSION: u32 = (\d+);", rust_src).group(1)) == abi.ABI_VERSION
+    assert f"(version {abi.ABI_VERSION})" in (ROOT / "docs" / "abi.md").read_text()
+    rust_flags = {n: 1 << int(b) for n, b in re.findall(r"pub const FLAG_(\w+): u32 = 1 << (\d+);", rust_src)}
+    py_flags = {n[5:]: getattr(abi, n) for n in dir(abi) if n.startswith("FLAG_")}
+    assert rust_flags == py_flags
+    for name, bit in rust_flags.items():
+        assert re.search(rf"bit {bit.bit_length() - 1} `{name.lower()}`", doc), name
+
+
 def test_struct_layouts():
     assert (abi.TENSOR_INFO.size, abi.READ_REQ.size, abi.MODEL_CONFIG.size) == (48, 24, 128)
     assert (abi.SAMPLE_PARAMS.size, abi.GUEST_STATS.size) == (40, 64)
@@ -191,7 +210,7 @@ def test_model_info_and_config(store, model_paths):
     words = abi.unpack_model_config(h.g.read(OUT_AT, 128))
     with GGUFFile(path) as gf:
         cfg = ModelConfig.from_gguf(gf)
-    assert words["abi_version"] == 1
+    assert words["abi_version"] == abi.ABI_VERSION == 2
     for k in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
               "context_length", "rope_dim", "rope_style", "activation", "sliding_window", "sliding_window_pattern"):
         assert words[k] == getattr(cfg, k), k
@@ -199,7 +218,9 @@ def test_model_info_and_config(store, model_paths):
               "final_logit_softcap"):
         assert words[k] == np.float32(getattr(cfg, k)), k
     assert words["flags"] == 1 * cfg.qk_norm + 2 * cfg.post_norms + 4 * cfg.tied_output == 7
-    assert h.g.read(OUT_AT + 88, 40) == b"\0" * 40
+    assert (words["rope_factors"], words["rope_attn_factor"]) == (0, 1.0)
+    assert words["rope_orig_ctx"] == cfg.context_length
+    assert h.g.read(OUT_AT + 100, 28) == b"\0" * 28
 
 
 def test_store_model_from_guest_memory(store, model_paths):

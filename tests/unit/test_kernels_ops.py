@@ -54,7 +54,7 @@ def test_rope_cos_sin(base, scale, rope_dim):
     pos = np.array([0, 1, 7, 511, 2047], np.int64)  # (T,)
     cos = np.empty((5, rope_dim // 2), np.float32)  # (T, rope_dim/2)
     sin = np.empty_like(cos)
-    ops.rope_cos_sin(pos, base, scale, rope_dim, cos, sin)
+    ops.rope_cos_sin(pos, base, scale, rope_dim, np.ones(rope_dim // 2, np.float32), 1.0, cos, sin)
     c_ref, s_ref = ops.rope_cos_sin_ref(pos, base, scale, rope_dim)
     np.testing.assert_allclose(cos, c_ref, atol=1e-6)
     np.testing.assert_allclose(sin, s_ref, atol=1e-6)
