@@ -679,8 +679,10 @@ class ChatTemplate:
     # rendering
     def _render(self, messages: list[dict], add_generation_prompt: bool, variables: Mapping[str, Any]) -> str:
         env, limit = self._env, self.limits.max_output
+        now = datetime.now()
         context = {"messages": messages, "add_generation_prompt": bool(add_generation_prompt),
-                   "bos_token": self.bos_token, "eos_token": self.eos_token, **variables}
+                   "bos_token": self.bos_token, "eos_token": self.eos_token,
+                   "datetime": now.strftime("%b %d %Y"), "date_string": now.strftime("%d %b %Y"), **variables}
         out, n = [], 0
         env.start()
         try:
@@ -706,16 +708,16 @@ class ChatTemplate:
             env._state.deadline = None
         return "".join(out)
 
-    def supports_system(self) -> bool:
+    def supports_system(self, variables: Mapping[str, Any] | None = None) -> bool:
         """Whether the template renders a system message's content (llama.cpp's capability probe;
         when not, `render` merges a leading system message into the next message, as llama.cpp does)."""
         if self._system_ok is None:
             marker = "SYSTEM_MARKER_9b1f"
             try:
                 text = self._render([{"role": "system", "content": marker}, {"role": "user", "content": "U"}],
-                                    True, {})
+                                    True, dict(variables or {}))
                 self._system_ok = marker in text
-            except ChatTemplateRaised:
+            except ChatTemplateError:  # as llama.cpp's probe: a template that fails on it has no system role
                 self._system_ok = False
         return self._system_ok
 
@@ -724,7 +726,8 @@ class ChatTemplate:
         """The prompt text for `messages` ([{"role", "content"}, ...]).
 
         Variables as llama.cpp's server and transformers pass them: `messages`, `add_generation_prompt`,
-        `bos_token`, `eos_token`, `raise_exception`, `strftime_now`; tools are off (`tools` undefined).
+        `bos_token`, `eos_token`, `raise_exception`, `strftime_now`, and llama.cpp's `datetime`
+        ("%b %d %Y") and `date_string` ("%d %b %Y"); tools are off (`tools` undefined).
         `variables` adds JSON-like extras (e.g. `{"enable_thinking": False}`).
         """
         msgs = validate_messages(messages, self.limits)
@@ -733,7 +736,7 @@ class ChatTemplate:
             if not isinstance(k, str) or not k.isidentifier() or not _json_like(v):
                 raise ChatTemplateError(f"template variable {k!r} must be an identifier with a JSON-like value")
             extra[k] = v
-        if msgs and msgs[0]["role"] == "system" and not self.supports_system():
+        if msgs and msgs[0]["role"] == "system" and not self.supports_system(extra):
             first = msgs.pop(0)
             if msgs:
                 msgs[0] = {**msgs[0], "content": first["content"] + "\n" + msgs[0]["content"]}

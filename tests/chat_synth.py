@@ -25,6 +25,15 @@ REPLY = (" hello", " world")  # what the model answers after "...assistant\n", t
 def vocabulary(n_pieces: int = 400) -> tuple[list[str], list[float], list[int]]:
     tokens, scores, types = tiny_spm_vocab(n_pieces)
     tokens, scores, types = list(tokens), list(scores), list(types)
+    for word in REPLY:  # every prefix of the reply's words outscores the rest: they tokenize as one piece
+        w = word.replace(" ", "\u2581")
+        for n in range(2, len(w) + 1):
+            if w[:n] in tokens:
+                scores[tokens.index(w[:n])] = 1.0
+            else:
+                tokens.append(w[:n])
+                scores.append(1.0)
+                types.append(1)
     for s in SPECIALS:
         tokens.append(s)
         scores.append(0.0)
