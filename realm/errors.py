@@ -48,3 +48,12 @@ class GuestError(RealmError):
 class KernelArgumentError(RealmError, ValueError):
     """An array passed to a kernel (dequantize, quantize, matvec) has the wrong dtype, shape,
     layout or length (also a ValueError)."""
+
+
+class ChatTemplateError(RealmError):
+    """A chat template is missing, malformed, refused the conversation, or broke a sandbox bound
+    (time, output size, an unsafe attribute); the message says which and how to pass another one."""
+
+
+class ChatTemplateRaised(ChatTemplateError):
+    """The chat template itself rejected the conversation through `raise_exception(...)`."""
