@@ -48,3 +48,14 @@ class GuestError(RealmError):
 class KernelArgumentError(RealmError, ValueError):
     """An array passed to a kernel (dequantize, quantize, matvec) has the wrong dtype, shape,
     layout or length (also a ValueError)."""
+
+
+class ServeError(RealmError):
+    """A request to `realm serve` cannot be served: carries the HTTP status and OpenAI's error
+    `type` and `code` (the server's one exception handler turns it into the error body)."""
+
+    def __init__(self, message: str, status: int = 400, *, type: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.type, self.code, self.param = status, type, code, param
+        self.headers = headers or {}
