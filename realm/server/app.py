@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -162,7 +163,8 @@ def create_app(settings: Settings | None = None, *, scheduler: Scheduler | None 
         return p.ModelList(data=cards).model_dump()
 
     @app.post("/v1/completions")
-    async def completions(req: p.CompletionRequest, request: Request):
+    async def completions(request: Request):
+        req = await _parse(request, p.CompletionRequest)
         job = await _accept(scheduler, scheduler.completion_job, request, req)
         if req.stream:
             return _sse(_completion_chunks(job, req.model, req.include_usage))
@@ -171,7 +173,8 @@ def create_app(settings: Settings | None = None, *, scheduler: Scheduler | None 
                             choices=[p.CompletionChoice(text=text, finish_reason=reason)], usage=_usage(job)).model_dump()
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: p.ChatCompletionRequest, request: Request):
+    async def chat_completions(request: Request):
+        req = await _parse(request, p.ChatCompletionRequest)
         job = await _accept(scheduler, scheduler.chat_job, request, req)
         if req.stream:
             return _sse(_chat_chunks(job, req.model, req.include_usage))
@@ -181,13 +184,15 @@ def create_app(settings: Settings | None = None, *, scheduler: Scheduler | None 
                                 usage=_usage(job)).model_dump()
 
     @app.post("/tokenize")
-    async def tokenize(req: p.TokenizeRequest):
+    async def tokenize(request: Request):
+        req = await _parse(request, p.TokenizeRequest)
         served = scheduler.get_model(req.model)
         ids = await run_in_threadpool(served.tokenizer.encode, req.content, add_bos=req.add_special)
         return p.TokenizeResponse(tokens=ids).model_dump()
 
     @app.post("/detokenize")
-    async def detokenize(req: p.DetokenizeRequest):
+    async def detokenize(request: Request):
+        req = await _parse(request, p.DetokenizeRequest)
         served = scheduler.get_model(req.model)
         n = served.tokenizer.vocab_size
         bad = next((t for t in req.tokens if not 0 <= t < n), None)
@@ -201,6 +206,31 @@ def create_app(settings: Settings | None = None, *, scheduler: Scheduler | None 
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+
+
+async def _parse(request: Request, model: type[BaseModel]):
+    """The body as `model`: not JSON or not an object -> 400, a field wrong -> 422 (whatever the
+    Content-Type, as curl's `-d` sends form encoding)."""
+    raw = await request.body()
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ServeError("the request body is not valid JSON", 400, code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise ServeError("the request body must be a JSON object", 400, code="invalid_json")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        raise _invalid(e.errors(include_input=False, include_url=False)) from None
+
+
+def _invalid(errors: list) -> ServeError:
+    first = errors[0] if errors else {}
+    field = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+    message = f"invalid field {field}: {first.get('msg', 'invalid value')}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    return ServeError(message, 422, code="invalid_field", param=field)
 
 
 async def _accept(scheduler: Scheduler, make_job, request: Request, req) -> Job:
@@ -313,16 +343,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, e: RequestValidationError):
-        errors = e.errors()
-        first = errors[0] if errors else {}
-        if first.get("type") == "json_invalid" or tuple(first.get("loc", ())) == ("body",):
-            return _json_error(400, "the request body must be a JSON object", "invalid_request_error", "invalid_json")
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
-        field = ".".join(loc) or "body"
-        message = f"invalid field {field}: {first.get('msg', 'invalid value')}"
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more)"
-        return _json_error(422, message, "invalid_request_error", "invalid_field", field)
+        err = _invalid(list(e.errors()))
+        return _json_error(err.status, str(err), err.type, err.code, err.param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e: StarletteHTTPException):
