@@ -166,9 +166,11 @@ def create_app(settings: Settings | None = None, *, scheduler: Scheduler | None 
     async def completions(request: Request):
         req = await _parse(request, p.CompletionRequest)
         job = await _accept(scheduler, scheduler.completion_job, request, req)
+        echo = req.prompt if req.echo else ""
         if req.stream:
-            return _sse(_completion_chunks(job, req.model, req.include_usage))
+            return _sse(_completion_chunks(job, req.model, req.include_usage, echo))
         text, reason = await _collect(job, request)
+        text = echo + text
         return p.Completion(id=p.new_id("cmpl"), model=req.model,
                             choices=[p.CompletionChoice(text=text, finish_reason=reason)], usage=_usage(job)).model_dump()
 
@@ -245,13 +247,18 @@ async def _accept(scheduler: Scheduler, make_job, request: Request, req) -> Job:
 async def _collect(job: Job, request: Request) -> tuple[str, str]:
     """The whole text of a non-streaming job; cancels it if the client goes away."""
     pieces: list[str] = []
+    checked = time.monotonic()
     try:
         while True:
             try:
                 kind, value = await asyncio.wait_for(job.events.get(), POLL_DISCONNECT)
             except asyncio.TimeoutError:
+                kind = None
+            if time.monotonic() - checked >= POLL_DISCONNECT:
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     job.cancel()
+            if kind is None:
                 continue
             if kind == "text":
                 pieces.append(value)
@@ -285,7 +292,7 @@ def _error_chunk(e: ServeError) -> str:
     return _data(_error_body(str(e), e.type, e.code, e.param))
 
 
-async def _completion_chunks(job: Job, model: str, include_usage: bool) -> AsyncIterator[str]:
+async def _completion_chunks(job: Job, model: str, include_usage: bool, echo: str = "") -> AsyncIterator[str]:
     cid, created = p.new_id("cmpl"), int(time.time())
 
     def chunk(text: str, finish=None, usage=None, choices=True) -> str:
@@ -294,6 +301,8 @@ async def _completion_chunks(job: Job, model: str, include_usage: bool) -> Async
         return _data(c.model_dump())
 
     try:
+        if echo:
+            yield chunk(echo)
         async for kind, value in job.stream():
             if kind == "text":
                 yield chunk(value)

@@ -77,6 +77,8 @@ def test_models_completion_stream_and_usage(srv):
 
     # the same request twice gives the same text: the pooled guest was reset in between
     assert complete(srv, "the capital of France", 20) == r.choices[0].text
+    e = c.completions.create(model="tiny", prompt="the capital of France", max_tokens=20, temperature=0, echo=True)
+    assert e.choices[0].text == "the capital of France" + r.choices[0].text
 
 
 def test_sse_wire_format(srv):
@@ -182,6 +184,15 @@ def test_disconnect_cancels_the_generation(srv):
     srv.wait_idle(timeout=10)
     assert time.monotonic() - t0 < 5  # 4000 tokens would take several seconds
     assert srv.scheduler.metrics.generations.labels("tiny", "cancelled")._value.get() == before + 1
+
+    # a non-streaming client that gives up is noticed too (polled every 0.5 s)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "the", "max_tokens": 4000},
+                   timeout=0.3)
+    t0 = time.monotonic()
+    srv.wait_idle(timeout=10)
+    assert time.monotonic() - t0 < 5
+    assert srv.scheduler.metrics.generations.labels("tiny", "cancelled")._value.get() == before + 2
 
 
 def test_deadline_ends_with_an_error_and_the_server_keeps_serving(synth_path):
