@@ -259,10 +259,14 @@ def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, n
               help="Tokens a chat request generates when it sets no max_tokens.")
 @click.option("--max-body", type=ByteSize(1024, 1 << 30), default="1MiB", show_default=True,
               help="Largest request body; larger ones get 413.")
+@click.option("--chat-template", "chat_template", default=None,
+              help="A built-in chat template (e.g. gemma, chatml, llama3) instead of the models' own.")
+@click.option("--chat-template-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A Jinja chat template file instead of the models' own (rendered sandboxed).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @handle_errors
 def serve(models, host, port, parallel, max_queue, memory_budget, api_key_file, engine, threads, ctx, timeout,
-          max_tokens, max_body, log_level):
+          max_tokens, max_body, chat_template, chat_template_file, log_level):
     """Serve models over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, ...)."""
     try:
         import uvicorn
@@ -288,7 +292,8 @@ def serve(models, host, port, parallel, max_queue, memory_budget, api_key_file, 
         default_model_path(_Progress("assembling the default model"))
     settings = Settings(models=list(models), host=host, port=port, parallel=parallel, max_queue=max_queue,
                         memory_budget=memory_budget, api_key_file=api_key_file, engine=engine, threads=threads,
-                        ctx=ctx, timeout=timeout, max_tokens=max_tokens, max_body_bytes=max_body)
+                        ctx=ctx, timeout=timeout, max_tokens=max_tokens, max_body_bytes=max_body,
+                        chat_template=chat_template, chat_template_file=chat_template_file)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))

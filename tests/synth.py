@@ -120,14 +120,16 @@ def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_lay
                dim: int = 64, hidden_dim: int = 128, n_heads: int = 4, n_kv_heads: int = 2, head_dim: int = 16,
                vocab_gguf=None, vocab_size: int | None = None, context_length: int = 256,
                sliding_window: int = 4, seed: int = 0, tied: bool | None = None,
-               rope_dim: int | None = None, rope_scaling: float | None = None) -> Path:
+               rope_dim: int | None = None, rope_scaling: float | None = None,
+               chat_template: str | None = None) -> Path:
     """Write a random `arch` model ("llama" or "gemma3") whose 2-D weights are `qtype`; returns `path`.
 
     n_layers defaults to 2 for llama and 6 for gemma3 (so one global layer follows five sliding ones);
     `sliding_window` (gemma3 only) should be shorter than the test sequence. `vocab_gguf` copies a
     real tokenizer (its vocabulary size wins); otherwise a tiny SPM vocab of `vocab_size` (default 300).
     `tied` defaults to True for gemma3 (no output.weight). `rope_dim` < head_dim gives partial rotary
-    (llama); `rope_scaling` writes linear `rope.scaling.factor` (global layers only on gemma3).
+    (llama); `rope_scaling` writes linear `rope.scaling.factor` (global layers only on gemma3);
+    `chat_template` writes `tokenizer.chat_template`.
     """
     qtype = GGMLType(qtype)
     path = Path(path)
@@ -176,6 +178,8 @@ def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_lay
         writer.add_eos_token_id(2)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     def matrix(name: str, rows: int, cols: int, std: float) -> None:
         data, t = quantized(rng, qtype, (rows, cols), std)

@@ -29,6 +29,8 @@ class Settings:
         (chat) and the default tenant limit.
     api_key_file : lines `KEY TENANT [concurrency=N] [max_tokens=N] [quota=N]`; without it the server
         only accepts clients on the loopback interface.
+    chat_template, chat_template_file : a built-in template name or a Jinja file used for chat
+        instead of each model's `tokenizer.chat_template` (needed for models that have none).
     """
 
     models: list[str] = field(default_factory=list)
@@ -45,7 +47,8 @@ class Settings:
     max_body_bytes: int = 1 << 20
     max_tokens: int = 512
     retry_after: int = 2
-    chat_template: str | None = None  # a Jinja file overriding the models' own templates
+    chat_template: str | None = None  # a built-in template name overriding the models' own
+    chat_template_file: str | None = None  # a Jinja file overriding them
 
     def __post_init__(self):
         self.validate()
@@ -63,6 +66,8 @@ class Settings:
             (self.retry_after >= 1, "retry-after must be >= 1"),
             (0 <= self.port < 65536, "port must be in [0, 65535]"),
             (self.engine in ("wasm", "numba", "reference"), f"unknown engine {self.engine!r}"),
+            (self.chat_template is None or self.chat_template_file is None,
+             "give a chat template name or a chat template file, not both"),
         ]
         for ok, message in checks:
             if not ok:
