@@ -269,14 +269,15 @@ def serve(models, host, port, parallel, max_queue, memory_budget, api_key_file, 
           max_tokens, max_body, chat_template, chat_template_file, log_level):
     """Serve models over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, ...)."""
     try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn
-
-        from realm.server.app import create_app
     except ImportError as e:
         _fail(f"`realm serve` needs the serve extra: pip install -e '.[serve]' ({e})")
     import logging
     import threading
 
+    from realm.server.app import create_app
     from realm.server.settings import Settings, is_loopback
 
     if api_key_file is None and not is_loopback(host):
