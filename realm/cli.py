@@ -138,12 +138,28 @@ def info(model, tensors, as_json):
               help="wasm engine: cap on the guest's linear memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, tokens and stats.")
 @click.option("-v", "--verbose", is_flag=True, help="Print timings (and guest memory/bytes fetched) to stderr.")
+@click.option("--chat", "as_chat", is_flag=True, help="Apply the chat template: PROMPT is one user message.")
+@click.option("--system", help="With --chat: a system message first.")
+@click.option("--chat-template", "template_name", metavar="NAME",
+              help="With --chat: a built-in template instead of the model's (chatml, llama3, gemma, phi3, ...).")
+@click.option("--chat-template-file", "template_file", type=click.Path(dir_okay=False),
+              help="With --chat: a Jinja chat template file instead of the model's.")
 @handle_errors
 def run(prompt, model, engine, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-        seed, stop, special, ctx, threads, memory_budget, as_json, verbose):
-    """Generate a completion of PROMPT (default: "What is the capital of France?"; "-" reads stdin)."""
+        seed, stop, special, ctx, threads, memory_budget, as_json, verbose, as_chat, system, template_name,
+        template_file):
+    """Generate a completion of PROMPT (default: "What is the capital of France?"; "-" reads stdin).
+
+    With the built-in default prompt (and no --stop or --chat), generation ends at the first blank
+    line after the answer: the default model is a base model and would go on with more questions.
+    """
+    stop_after_text = False
+    if (system or template_name or template_file) and not as_chat:
+        _fail("--system, --chat-template and --chat-template-file need --chat")
     if prompt is None:
         prompt = DEFAULT_PROMPT
+        if not stop and not as_chat:
+            stop, stop_after_text = ("\n\n",), True
     elif prompt == "-":
         prompt = sys.stdin.read()
     if not prompt:
@@ -156,11 +172,22 @@ def run(prompt, model, engine, max_tokens, temperature, top_k, top_p, min_p, rep
         options["memory_budget"] = memory_budget
     if ctx is not None and m.config is not None and ctx > m.config.context_length:
         _fail(f"--ctx {ctx} exceeds the model's trained context length {m.config.context_length}")
+    rendered = None
+    if as_chat:
+        from realm.chat import ChatTemplate
+
+        template = ChatTemplate.for_model(m, name=template_name, file=template_file)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        rendered = template.render(messages)
     t0 = time.perf_counter()
     eng = m.engine(engine, n_ctx=ctx, **options)
-    gen = m.generate(prompt, engine=eng, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                     top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                     seed=seed, stop=stop, special=special)
+    sampling = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                    repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed, stop=stop)
+    if as_chat:
+        gen = m.chat(messages, template=template, engine=eng, **sampling)
+    else:
+        gen = m.generate(prompt, engine=eng, special=special, **sampling)
+        gen.stop_after_text = stop_after_text
     gen.stats.load_seconds = m.load_seconds + time.perf_counter() - t0
     try:
         for piece in gen:
@@ -170,8 +197,11 @@ def run(prompt, model, engine, max_tokens, temperature, top_k, top_p, min_p, rep
     finally:
         eng.close()
     if as_json:
-        click.echo(json.dumps({"model": str(m.path), "engine": engine, "prompt": prompt, "text": gen.text,
-                               "tokens": gen.tokens, "stats": gen.stats.to_dict()}))
+        out = {"model": str(m.path), "engine": engine, "prompt": prompt, "text": gen.text,
+               "tokens": gen.tokens, "stats": gen.stats.to_dict()}
+        if rendered is not None:
+            out["chat_prompt"] = rendered
+        click.echo(json.dumps(out))
     else:
         click.echo()
     if verbose:
@@ -316,6 +346,114 @@ def serve(models, host, port, parallel, max_queue, memory_budget, api_key_file, 
     server.run()
     if failed:
         _fail(f"loading the models failed: {failed[0]}")
+
+
+CHAT_HELP = "/reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply"
+
+
+@main.command()
+@click.option("-m", "--model", type=click.Path(dir_okay=True), help="GGUF file (default: the default model).")
+@click.option("--system", help="A system message that starts the conversation (kept across /reset).")
+@click.option("--chat-template", "template_name", metavar="NAME",
+              help="A built-in template instead of the model's own (chatml, llama3, gemma, phi3, mistral-v7, ...).")
+@click.option("--chat-template-file", "template_file", type=click.Path(dir_okay=False),
+              help="A Jinja chat template file instead of the model's own.")
+@click.option("-e", "--engine", type=click.Choice(["wasm", "numba", "reference"]), default="wasm", show_default=True)
+@click.option("-n", "--max-tokens", type=click.IntRange(0, 1_000_000), default=512, show_default=True,
+              help="Longest reply, in tokens.")
+@click.option("--temperature", type=click.FloatRange(0, 100), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=click.IntRange(0, None), default=40, show_default=True, help="0 = off.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True)
+@click.option("--min-p", type=click.FloatRange(0, 1), default=0.05, show_default=True)
+@click.option("--repeat-penalty", type=click.FloatRange(0, 100, min_open=True), default=1.0, show_default=True)
+@click.option("--repeat-last-n", type=click.IntRange(0, None), default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True)
+@click.option("--stop", multiple=True, help="Also end a reply at this text (repeatable).")
+@click.option("--ctx", type=click.IntRange(1, 1 << 20), default=None, help="Context length (default: min(model's, 2048)).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="numba: threads; wasm: guest instances sharing the weight matrices.")
+@click.option("--memory-budget", type=ByteSize(1 << 20, 4 << 30), default="64MiB", show_default=True,
+              help="wasm engine: cap on the guest's linear memory.")
+@click.option("-v", "--verbose", is_flag=True, help="After each reply, print its token counts and timings to stderr.")
+@handle_errors
+def chat(model, system, template_name, template_file, engine, max_tokens, temperature, top_k, top_p, min_p,
+         repeat_penalty, repeat_last_n, seed, stop, ctx, threads, memory_budget, verbose):
+    """Chat with a model in the terminal (multi-turn; each turn evaluates only its new tokens)."""
+    from realm.chat import ChatTemplate
+
+    m = _open_model(model)
+    template = ChatTemplate.for_model(m, name=template_name, file=template_file)
+    options = {}
+    if engine in ("numba", "wasm") and threads is not None:
+        options["threads"] = threads
+    if engine == "wasm":
+        options["memory_budget"] = memory_budget
+    if ctx is not None and m.config is not None and ctx > m.config.context_length:
+        _fail(f"--ctx {ctx} exceeds the model's trained context length {m.config.context_length}")
+    eng = m.engine(engine, n_ctx=ctx, **options)
+    try:
+        session = m.chat_session(template=template, engine=eng, system=system, max_tokens=max_tokens,
+                                 temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                 repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n, seed=seed, stop=stop)
+        click.echo(f"realm chat: {m.path.name}, template {template.name}, engine {engine}; {CHAT_HELP}", err=True)
+        _chat_loop(session, verbose)
+    finally:
+        eng.close()
+
+
+def _chat_loop(session, verbose: bool) -> None:
+    import signal
+
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            click.echo()
+            return
+        except KeyboardInterrupt:
+            click.echo("\n(Ctrl-D or /exit quits)", err=True)
+            continue
+        command = line.strip()
+        if not command:
+            continue
+        if command in ("/exit", "/quit"):
+            return
+        if command == "/reset":
+            session.reset()
+            click.echo("(conversation reset)", err=True)
+            continue
+        if command.startswith("/") and " " not in command:
+            click.echo(f"unknown command {command}; {CHAT_HELP}", err=True)
+            continue
+        try:
+            gen = session.send(line)
+        except RealmError as e:
+            click.echo(f"realm: error: {e}", err=True)
+            continue
+        presses = []
+
+        def on_sigint(signum, frame):  # the first Ctrl-C stops the reply, a second one the program
+            presses.append(1)
+            if len(presses) > 1:
+                raise KeyboardInterrupt
+            gen.cancel()
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            for piece in gen:
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+        except RealmError as e:
+            click.echo(f"\nrealm: error: {e}", err=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        click.echo()
+        if verbose:
+            s, t = gen.stats, session.last
+            click.echo(f"[prompt {s.prompt_tokens} new token(s), {t.reused_tokens} reused from the cache"
+                       f"{' (cache reset)' if t.reset else ''}; reply {s.generated_tokens} token(s), "
+                       f"{s.decode_tokens_per_second:.1f} tok/s, stop {s.stop_reason}; context {session.n_past}]",
+                       err=True)
 
 
 def _print_stats(stats) -> None:

@@ -59,3 +59,12 @@ class ServeError(RealmError):
         super().__init__(message)
         self.status, self.type, self.code, self.param = status, type, code, param
         self.headers = headers or {}
+
+
+class ChatTemplateError(RealmError):
+    """A chat template is missing, malformed, refused the conversation, or broke a sandbox bound
+    (time, output size, an unsafe attribute); the message says which and how to pass another one."""
+
+
+class ChatTemplateRaised(ChatTemplateError):
+    """The chat template itself rejected the conversation through `raise_exception(...)`."""

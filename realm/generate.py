@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -63,11 +63,16 @@ def _held_back(text: str, stops: Sequence[str]) -> int:
 
 
 class Generation:
-    """Iterate to stream text pieces; afterwards `.text`, `.tokens` and `.stats` hold the result."""
+    """Iterate to stream text pieces; afterwards `.text`, `.tokens` and `.stats` hold the result.
+
+    Generation ends at a token of `stop_ids` (default: the tokenizer's end-of-generation ids; chat
+    templates add their end-of-turn tokens) or at a `stop` string, which with `stop_after_text` only
+    counts once the reply has some non-whitespace text (so "\n\n" can end an answer that starts with it).
+    """
 
     def __init__(self, engine, tokenizer: Tokenizer, prompt_ids: Sequence[int], *, max_tokens: int,
                  sampling: SamplingParams, stop: Sequence[str] = (), n_ctx: int | None = None,
-                 load_seconds: float = 0.0):
+                 load_seconds: float = 0.0, stop_ids: Iterable[int] | None = None, stop_after_text: bool = False):
         if max_tokens < 0:
             raise RealmError("max_tokens must be >= 0")
         if not prompt_ids:
@@ -82,11 +87,23 @@ class Generation:
         self.engine, self.tokenizer = engine, tokenizer
         self.prompt_ids = list(prompt_ids)
         self.max_tokens, self.stop, self.n_ctx = max_tokens, tuple(stop), n_ctx
+        self.stop_ids = frozenset(stop_ids) if stop_ids is not None else tokenizer.stop_ids
+        self.stop_after_text = stop_after_text
         self.sampler = Sampler(sampling)
         self.tokens: list[int] = []
         self.text = ""
         self.stats = GenerationStats(prompt_tokens=len(self.prompt_ids), load_seconds=load_seconds)
         self._cancelled = False
+
+    def _stop_from(self, pending: str) -> int:
+        """Where stop strings may start in `pending` (past the reply's leading whitespace if asked)."""
+        if not self.stop_after_text or self.text.strip():
+            return 0
+        return len(pending) - len(pending.lstrip())
+
+    def _find_stop(self, pending: str) -> int:
+        start = self._stop_from(pending)
+        return min((i for i in (pending.find(s, start) for s in self.stop) if i >= 0), default=-1)
 
     def cancel(self) -> None:
         """Stop after the current token (safe to call from another thread)."""
@@ -107,7 +124,7 @@ class Generation:
                 stats.stop_reason = "cancelled"
                 break
             token = self.sampler.sample(logits, history)
-            if token in self.tokenizer.stop_ids:
+            if token in self.stop_ids:
                 stats.stop_reason = "eos"
                 break
             self.tokens.append(token)
@@ -115,12 +132,12 @@ class Generation:
             stats.generated_tokens = len(self.tokens)
             pending += decoder.feed(token)
             if self.stop:
-                hit = min((i for i in (pending.find(s) for s in self.stop) if i >= 0), default=-1)
+                hit = self._find_stop(pending)
                 if hit >= 0:
                     pending = pending[:hit]
                     stats.stop_reason = "stop_string"
                     break
-                keep = _held_back(pending, self.stop)
+                keep = _held_back(pending, self.stop) if self._stop_from(pending) < len(pending) else 0
             else:
                 keep = 0
             if len(pending) > keep:
@@ -137,7 +154,7 @@ class Generation:
         if stats.stop_reason != "stop_string":
             pending += decoder.flush()
             if self.stop:
-                hit = min((i for i in (pending.find(s) for s in self.stop) if i >= 0), default=-1)
+                hit = self._find_stop(pending)
                 if hit >= 0:
                     pending = pending[:hit]
         if pending:
