@@ -27,7 +27,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from realm.api import Model
 from realm.engines import DEFAULT_CTX
-from realm.errors import GuestError, RealmError, ServeError
+from realm.errors import ChatTemplateError, GuestError, RealmError, ServeError
 from realm.generate import Generation
 from realm.host.store import ModelStore
 from realm.models import resolve_model
@@ -68,8 +68,9 @@ class ServedModel:
         self._idle: list = []
         self._live: set = set()
         self._lock = threading.Lock()
-        self.chat = None
-        self.chat_error: RealmError | None = None
+        self.chat = None  # realm.chat.ChatTemplate, when the model can chat
+        self.chat_stop_ids: frozenset[int] | None = None
+        self.chat_error: ServeError | None = None
 
     @property
     def tokenizer(self):
@@ -253,9 +254,17 @@ class Scheduler:
             self._loaded.set()
 
     def _load_chat_template(self, served: ServedModel) -> None:
-        """Chat templates come with the chat support (realm.chat); without it, chat requests get 400."""
-        served.chat_error = ServeError(f"model {served.name} has no chat template support", 400,
-                                       code="chat_template_unavailable")
+        """The model's chat template (sandboxed, realm.chat), or why chat requests to it get 400."""
+        from realm.chat import ChatTemplate
+
+        s = self.settings
+        try:
+            served.chat = ChatTemplate.for_model(served.model, name=s.chat_template, file=s.chat_template_file)
+            served.chat_stop_ids = served.chat.stop_ids_for(served.tokenizer)
+        except ChatTemplateError as e:
+            log.warning("model %s: no chat: %s", served.name, e)
+            served.chat_error = ServeError(f"model {served.name} cannot chat: {e}", 400,
+                                           code="chat_template_unavailable")
 
     def wait_ready(self, timeout: float | None) -> str:
         """Wait until loading finished (or `timeout` seconds); the status then."""
@@ -312,10 +321,14 @@ class Scheduler:
         served = self.get_model(req.model)
         if served.chat is None:
             raise served.chat_error
-        _check_length(served, sum(len(m["content"]) for m in req.plain_messages()))
-        ids = served.chat.encode(served.tokenizer, req.plain_messages(), add_generation_prompt=True)
-        stop_ids = frozenset(served.tokenizer.stop_ids) | frozenset(served.chat.stop_ids)
-        return self._job(served, tenant, req, ids, req.token_limit, loop, stop_ids=stop_ids)
+        messages = req.plain_messages()
+        _check_length(served, sum(len(m["content"]) for m in messages))
+        try:
+            ids = served.chat.encode(served.tokenizer, messages, add_generation_prompt=True)
+        except ChatTemplateError as e:  # the template refused the conversation, or broke a sandbox bound
+            raise ServeError(f"the chat template failed on these messages: {e}", 400, param="messages",
+                             code="chat_template_error") from None
+        return self._job(served, tenant, req, ids, req.token_limit, loop, stop_ids=served.chat_stop_ids)
 
     def _job(self, served: ServedModel, tenant: Tenant, req, ids: list[int], max_tokens: int | None, loop,
              stop_ids=None) -> Job:
@@ -423,9 +436,7 @@ class Scheduler:
             t_start = time.monotonic()
             guarded = _DeadlineEngine(engine, t_start + self.settings.timeout, self.settings.timeout)
             gen = Generation(guarded, served.tokenizer, job.prompt_ids, max_tokens=job.max_tokens,
-                             sampling=job.sampling, stop=job.stop, n_ctx=served.n_ctx)
-            if job.stop_ids is not None:
-                gen.stop_ids = job.stop_ids
+                             sampling=job.sampling, stop=job.stop, n_ctx=served.n_ctx, stop_ids=job.stop_ids)
             job.gen = gen
             if job.cancelled:
                 gen.cancel()

@@ -176,7 +176,7 @@ def test_flood_gets_503_with_retry_after_and_accepted_requests_complete(synth_pa
 def test_disconnect_cancels_the_generation(srv):
     before = srv.scheduler.metrics.generations.labels("tiny", "cancelled")._value.get()
     with httpx.stream("POST", srv.url + "/v1/completions", timeout=60,
-                      json={"model": "tiny", "prompt": "the", "max_tokens": 4000, "stream": True}) as r:
+                      json={"model": "tiny", "prompt": "the", "max_tokens": 4000, "temperature": 0, "stream": True}) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(3)]
         assert got[0].startswith("data: {")
@@ -187,7 +187,7 @@ def test_disconnect_cancels_the_generation(srv):
 
     # a non-streaming client that gives up is noticed too (polled every 0.5 s)
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "the", "max_tokens": 4000},
+        httpx.post(srv.url + "/v1/completions", json={"model": "tiny", "prompt": "the", "max_tokens": 4000, "temperature": 0},
                    timeout=0.3)
     t0 = time.monotonic()
     srv.wait_idle(timeout=10)
@@ -199,10 +199,10 @@ def test_deadline_ends_with_an_error_and_the_server_keeps_serving(synth_path):
     with running_server(Settings(models=[str(synth_path)], parallel=1, max_queue=2, ctx=CTX, timeout=0.3)) as s:
         c = client(s)
         with pytest.raises(openai.APIError) as err:
-            for _ in c.completions.create(model="tiny", prompt="the", max_tokens=4000, stream=True):
+            for _ in c.completions.create(model="tiny", prompt="the", max_tokens=4000, temperature=0, stream=True):
                 pass
         assert "deadline" in str(err.value)
-        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "the", "max_tokens": 4000}, timeout=60)
+        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "the", "max_tokens": 4000, "temperature": 0}, timeout=60)
         assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
         served = s.scheduler.models["tiny"]
         assert served._idle == [] and not served._live  # the guests were recycled, not pooled
