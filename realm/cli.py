@@ -266,6 +266,88 @@ def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, n
     click.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
+@main.command()
+@click.option("-m", "--model", "models", multiple=True,
+              help="GGUF file, or NAME=PATH to serve it as NAME (repeatable; default: the default model).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--parallel", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="Requests generating at once, each in its own guest.")
+@click.option("--max-queue", type=click.IntRange(0, 100_000), default=8, show_default=True,
+              help="Requests waiting beyond those; more get 503 with Retry-After.")
+@click.option("--memory-budget", type=ByteSize(1 << 20, 4 << 30), default="64MiB", show_default=True,
+              help="wasm engine: linear memory of each guest.")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, exists=True),
+              help="Lines `KEY TENANT [concurrency=N] [max_tokens=N] [quota=N]`; without it only 127.0.0.1 is served.")
+@click.option("-e", "--engine", type=click.Choice(["wasm", "numba"]), default="wasm", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Guest instances (wasm) or Numba threads per request.")
+@click.option("--ctx", type=click.IntRange(1, 1 << 20), default=None, help="Context length (default: min(model's, 2048)).")
+@click.option("--timeout", type=click.FloatRange(0, None, min_open=True), default=300.0, show_default=True,
+              help="Seconds a request may generate for.")
+@click.option("--max-tokens", type=click.IntRange(1, 1 << 20), default=512, show_default=True,
+              help="Tokens a chat request generates when it sets no max_tokens.")
+@click.option("--max-body", type=ByteSize(1024, 1 << 30), default="1MiB", show_default=True,
+              help="Largest request body; larger ones get 413.")
+@click.option("--chat-template", "chat_template", default=None,
+              help="A built-in chat template (e.g. gemma, chatml, llama3) instead of the models' own.")
+@click.option("--chat-template-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A Jinja chat template file instead of the models' own (rendered sandboxed).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@handle_errors
+def serve(models, host, port, parallel, max_queue, memory_budget, api_key_file, engine, threads, ctx, timeout,
+          max_tokens, max_body, chat_template, chat_template_file, log_level):
+    """Serve models over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, ...)."""
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        _fail(f"`realm serve` needs the serve extra: pip install -e '.[serve]' ({e})")
+    import logging
+    import threading
+
+    from realm.server.app import create_app
+    from realm.server.settings import Settings, is_loopback
+
+    if api_key_file is None and not is_loopback(host):
+        _fail(f"--host {host} is not a loopback address: serving other machines needs --api-key-file")
+    for spec in models:
+        if "=" not in spec:
+            from realm.models import resolve_model
+
+            resolve_model(spec)
+    if not models:
+        from realm.models import default_model_path
+
+        default_model_path(_Progress("assembling the default model"))
+    settings = Settings(models=list(models), host=host, port=port, parallel=parallel, max_queue=max_queue,
+                        memory_budget=memory_budget, api_key_file=api_key_file, engine=engine, threads=threads,
+                        ctx=ctx, timeout=timeout, max_tokens=max_tokens, max_body_bytes=max_body,
+                        chat_template=chat_template, chat_template_file=chat_template_file)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
+    failed = []
+
+    def watch():
+        status = app.state.scheduler.wait_ready(timeout=None)
+        if status != "ok":
+            failed.append(app.state.scheduler.load_error)
+            server.should_exit = True
+        else:
+            names = ", ".join(app.state.scheduler.models)
+            click.echo(f"realm: serving {names} on http://{host}:{port} ({engine} engine, {parallel} parallel, "
+                       f"queue {max_queue})", err=True)
+            if api_key_file is None:
+                click.echo("realm: no --api-key-file: only clients on 127.0.0.1 are served, without keys", err=True)
+
+    threading.Thread(target=watch, daemon=True).start()
+    server.run()
+    if failed:
+        _fail(f"loading the models failed: {failed[0]}")
+
+
 CHAT_HELP = "/reset starts over, /exit or Ctrl-D quits, Ctrl-C stops a reply"
 
 

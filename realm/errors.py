@@ -50,6 +50,17 @@ class KernelArgumentError(RealmError, ValueError):
     layout or length (also a ValueError)."""
 
 
+class ServeError(RealmError):
+    """A request to `realm serve` cannot be served: carries the HTTP status and OpenAI's error
+    `type` and `code` (the server's one exception handler turns it into the error body)."""
+
+    def __init__(self, message: str, status: int = 400, *, type: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.type, self.code, self.param = status, type, code, param
+        self.headers = headers or {}
+
+
 class ChatTemplateError(RealmError):
     """A chat template is missing, malformed, refused the conversation, or broke a sandbox bound
     (time, output size, an unsafe attribute); the message says which and how to pass another one."""

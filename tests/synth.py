@@ -123,7 +123,7 @@ def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_lay
                rope_dim: int | None = None, rope_scaling: float | None = None, rope_base: float | None = None,
                rope_freqs: bool = False, rope_long_short: bool | None = None, qkv_bias: bool | None = None,
                output_bias: bool = False, fused_qkv: bool | None = None, metadata: dict | None = None,
-               extra_tensors: dict | None = None) -> Path:
+               extra_tensors: dict | None = None, chat_template: str | None = None) -> Path:
     """Write a random `arch` model whose 2-D weights are `qtype`; returns `path`.
 
     n_layers defaults to 2 (6 for gemma3, so one global layer follows five sliding ones);
@@ -136,7 +136,7 @@ def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_lay
     `rope.scaling.attn_factor` and an original context of context_length / 4; `qkv_bias` (qwen2) q/k/v
     biases; `output_bias` attn_output biases; `fused_qkv` (phi3) one attn_qkv matrix. qwen3 has per-head
     q/k norms, phi3 a fused gate+up `ffn_up`. `metadata` adds "<arch>.<key>" values,
-    `extra_tensors` more f32 tensors (name -> array).
+    `extra_tensors` more f32 tensors (name -> array); `chat_template` writes `tokenizer.chat_template`.
     """
     qtype = GGMLType(qtype)
     path = Path(path)
@@ -199,6 +199,8 @@ def make_model(path, arch: str = "llama", qtype: GGMLType = GGMLType.Q4_0, n_lay
         writer.add_eos_token_id(2)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
 
     def matrix(name: str, rows: int, cols: int, std: float) -> None:
         data, t = quantized(rng, qtype, (rows, cols), std)
