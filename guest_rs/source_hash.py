@@ -1,7 +1,9 @@
-"""Print the SOURCE_HASH of the guest crate: sha256 over its sources (rule documented in build.sh).
+"""Print the SOURCE_HASH of the guest crate and the metadata crate (guest_rs/meta/): sha256 over their
+sources (rule documented in build.sh).
 
-Files: Cargo.toml, Cargo.lock (if present), build.sh, source_hash.py and src/**/*.rs, paths relative
-to guest_rs/ with '/' separators, sorted by UTF-8 bytes; for each: path + b"\\0" + content + b"\\0".
+Files: Cargo.toml, Cargo.lock (if present), build.sh, source_hash.py, src/**/*.rs, meta/Cargo.toml,
+meta/Cargo.lock, meta/*.py and meta/src/**/*.rs, paths relative to guest_rs/ with '/' separators,
+sorted by UTF-8 bytes; for each: path + b"\\0" + content + b"\\0".
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ import hashlib
 import sys
 from pathlib import Path
 
-TOP_LEVEL = ("Cargo.toml", "Cargo.lock", "build.sh", "source_hash.py")
+TOP_LEVEL = ("Cargo.toml", "Cargo.lock", "build.sh", "source_hash.py", "meta/Cargo.toml", "meta/Cargo.lock")
 
 
 def source_files(crate: Path) -> list[str]:
     """Relative paths of the hashed files, sorted."""
     names = [n for n in TOP_LEVEL if (crate / n).is_file()]
-    names += [p.relative_to(crate).as_posix() for p in (crate / "src").rglob("*.rs") if p.is_file()]
+    for folder, pattern in (("src", "*.rs"), ("meta/src", "*.rs")):
+        names += [p.relative_to(crate).as_posix() for p in (crate / folder).rglob(pattern) if p.is_file()]
+    if (crate / "meta").is_dir():
+        names += [p.relative_to(crate).as_posix() for p in (crate / "meta").glob("*.py") if p.is_file()]
     return sorted(names, key=lambda n: n.encode("utf-8"))
 
 

@@ -228,7 +228,13 @@ def test_source_hash_matches_sources():
     spec.loader.exec_module(mod)
     want = (ROOT / "realm" / "guest" / "SOURCE_HASH").read_text().strip()
     got = mod.source_hash(ROOT / "guest_rs")
-    assert got == want, "guest_rs/ changed since realm/guest/realm_guest.wasm was built: run guest_rs/build.sh"
+    assert got == want, ("guest_rs/ changed since realm/guest/realm_guest.wasm and realm_meta.wasm were built: "
+                         "run guest_rs/build.sh")
+    # the rule covers both crates: the guest and the metadata module (guest_rs/meta/)
+    files = mod.source_files(ROOT / "guest_rs")
+    for name in ("Cargo.toml", "src/lib.rs", "meta/Cargo.toml", "meta/Cargo.lock", "meta/src/lib.rs"):
+        assert name in files, name
+    assert (ROOT / "realm" / "guest" / "realm_meta.wasm").is_file()
 
 
 def test_wasm_size_under_4mb():
