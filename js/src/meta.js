@@ -23,7 +23,7 @@ const encoder = new TextEncoder();
 
 /** The exports of realm_meta.wasm that this wrapper calls. */
 const EXPORTS = ["memory", "meta_alloc", "meta_free", "meta_open", "meta_error", "meta_tensor_count", "meta_tensor_entry",
-  "meta_tensor_name", "meta_get_string", "meta_config", "meta_dequantize"];
+  "meta_tensor_name", "meta_get_string", "meta_config"]; // tokenizer and dequantize exports are checked at first use
 
 /**
  * Compiles realm_meta.wasm (capped) once per budget and opens models with it.
@@ -190,12 +190,16 @@ export class MetaModel {
   /** Run an export that writes a variable-size result, growing the buffer on ERR_TOO_SMALL.
    * @param {(out: number, max: number) => number} fn @param {number} first @param {string} what */
   _grow(fn, first, what) {
-    for (let max = first; ; max *= 4) {
+    let max = first;
+    for (let attempt = 0; attempt < 8; attempt++) {
       const out = this._buffer(max);
       const n = fn(out, max);
       if (n !== ERR.ERR_TOO_SMALL) return { out, n };
-      if (max >= MAX_OUTPUT) throw guestError(`${what}: result larger than ${MAX_OUTPUT} bytes`, n);
+      const need = typeof this.ex.meta_last_size === "function" ? this._call("meta_last_size") : 0;
+      max = need > max ? need : max * 4;
+      if (max > MAX_OUTPUT) throw guestError(`${what}: result larger than ${MAX_OUTPUT} bytes`, n);
     }
+    throw guestError(`${what}: the output buffer kept being too small`, ERR.ERR_TOO_SMALL);
   }
 
   /** Write bytes into a dedicated meta buffer (freed by the caller via meta_free). @param {Uint8Array} data */
@@ -212,7 +216,8 @@ export class MetaModel {
     const k = this._input(encoder.encode(key));
     try {
       const { out, n } = this._grow((o, m) => this._call("meta_get_string", k.p, encoder.encode(key).length, o, m), 256, `metadata ${key}`);
-      if (n < 0) return null;
+      if (n === ERR.ERR_NO_TENSOR) return null; // absent key
+      if (n < 0) throw this._fileError(`cannot read metadata ${key}`, n);
       return utf8.decode(this._bytes(out, n));
     } finally {
       this._call("meta_free", k.p, k.size);
