@@ -456,6 +456,22 @@ def _chat_loop(session, verbose: bool) -> None:
                        err=True)
 
 
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
+@handle_errors
+def web(port):
+    """Serve the browser host (js/web: a page and a Web Worker running the guest) on 127.0.0.1."""
+    from realm.web import make_server
+
+    server = make_server(port)
+    host, bound = server.server_address[:2]
+    click.echo(f"realm web: open http://{host}:{bound}/ (Ctrl-C stops)", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
 def _print_stats(stats) -> None:
     s = stats
     rows = [
