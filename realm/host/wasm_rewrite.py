@@ -6,7 +6,8 @@
 - every table's maximum is at most MAX_TABLE_ELEMENTS (a larger minimum is refused);
 - every function entry and loop header counts down a fuel global appended after the module's own;
   at zero it calls the host import `__realm.check` (which traps the call once its deadline has
-  passed) and refills it with FUEL_CHECK_EVERY.
+  passed) and refills it with FUEL_CHECK_EVERY; loops with SIMD instructions count a second,
+  exported global instead, which traps at zero (`_Code`).
 The input must already be valid (the adapter validates it first: then the module's own code cannot
 name the appended global or import). Binary format: https://webassembly.github.io/spec/core/binary/
 """
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 
 from realm.errors import GuestError
 
-REWRITE_VERSION = 1  # part of the compiled-module cache key
+REWRITE_VERSION = 2  # part of the compiled-module cache key
 RESERVED_MODULE = "__realm"  # import module of the host's memory and check; refused in a guest's own imports
 FUEL_CHECK_EVERY = 1 << 16  # loop iterations / function entries between two deadline checks
+SIMD_FUEL = 1 << 26  # iterations of SIMD loops between two ordinary check steps, else a trap (see _Code)
+SIMD_FUEL_EXPORT = "__realm_simd_fuel"  # the counter, exported so the host can tell that trap apart
 MAX_TABLE_ELEMENTS = 1 << 16
 MAGIC = b"\0asm\x01\0\0\0"
 PAGE = 65536
@@ -138,22 +141,44 @@ _FD_MEMARG_LANE = set(range(84, 92))
 
 
 class _Code:
-    """Copies instructions, remapping function indices and inserting the fuel check."""
+    """Copies instructions, remapping function indices and inserting the fuel checks.
 
-    def __init__(self, n_imported_funcs: int, check_func: int, fuel_global: int):
+    A loop whose body has SIMD instructions gets no call: wasmer-python 1.1's Cranelift
+    miscompiles some v128-heavy loops (the guest's f32 dot products return zeros) once a call
+    sits in them. It counts down a second counter instead, `simd_fuel`, which every ordinary
+    check step refills to SIMD_FUEL and which traps (`unreachable`) at zero: a SIMD loop runs at
+    most SIMD_FUEL iterations past the last function entry or ordinary loop iteration.
+    """
+
+    def __init__(self, n_imported_funcs: int, check_func: int, fuel_global: int, fuel: bool = True):
         self.n_imp = n_imported_funcs
-        fuel, check = _leb(fuel_global), _leb(check_func)
-        # if (fuel == 0) { check(); fuel = FUEL_CHECK_EVERY }; fuel -= 1
-        self.check = (b"\x23" + fuel + b"\x45\x04\x40" + b"\x10" + check + b"\x41" + _sleb(FUEL_CHECK_EVERY)
-                      + b"\x24" + fuel + b"\x0B" + b"\x23" + fuel + b"\x41\x01\x6B\x24" + fuel)
+        g, check, sg = _leb(fuel_global), _leb(check_func), _leb(fuel_global + 1)
+        # simd_fuel = SIMD_FUEL; if (fuel == 0) { check(); fuel = FUEL_CHECK_EVERY }; fuel -= 1
+        self.check = b"" if not fuel else (
+            b"\x41" + _sleb(SIMD_FUEL) + b"\x24" + sg
+            + b"\x23" + g + b"\x45\x04\x40" + b"\x10" + check + b"\x41" + _sleb(FUEL_CHECK_EVERY) + b"\x24" + g + b"\x0B"
+            + b"\x23" + g + b"\x41\x01\x6B\x24" + g)
+        # if (simd_fuel == 0) unreachable; simd_fuel -= 1
+        self.simd_check = b"" if not fuel else (
+            b"\x23" + sg + b"\x45\x04\x40\x00\x0B" + b"\x23" + sg + b"\x41\x01\x6B\x24" + sg)
+        self.simd_loops: set[int] = set()  # positions of loops with SIMD in their body (from `scan`)
 
     def func(self, f: int) -> int:
         return f + 1 if f >= self.n_imp else f
 
-    def expr(self, data: bytes, pos: int, out: bytearray, inject: bool) -> int:
-        """Copy one expression (up to its final `end`) from data[pos:] into out; return the position after it."""
+    def body(self, data: bytes, pos: int, out: bytearray) -> int:
+        """A function body's expression with the checks inserted (entry and every loop header)."""
+        self.simd_loops = set()
+        self.expr(data, pos, bytearray(), inject=False, scan=True)
+        out += self.check  # function entry: bounds call trees without loops too
+        return self.expr(data, pos, out, inject=True)
+
+    def expr(self, data: bytes, pos: int, out: bytearray, inject: bool, scan: bool = False) -> int:
+        """Copy one expression (up to its final `end`) from data[pos:] into out; return the position
+        after it. `scan`: only record in `simd_loops` the loops whose body has a SIMD instruction."""
         depth = 0
         n = len(data)
+        open_loops: list[int | None] = []  # per open block: its loop's position, or None
         while True:
             if pos >= n:
                 raise RewriteError("truncated code (expression without end)")
@@ -167,14 +192,16 @@ class _Code:
                 if depth == 0:
                     return pos
                 depth -= 1
+                open_loops.pop()
                 continue
             elif op in (0x02, 0x03, 0x04):  # block, loop, if: a block type
                 b = data[pos]
                 pos = pos + 1 if b == 0x40 or b in _VALTYPES else _skip_sleb(data, pos, 5)
                 depth += 1
+                open_loops.append(start if op == 0x03 else None)
                 if op == 0x03 and inject:
                     out += data[start:pos]
-                    out += self.check
+                    out += self.simd_check if start in self.simd_loops else self.check
                     continue
             elif op in _ONE_U32:
                 _, pos = _u32(data, pos)
@@ -221,6 +248,8 @@ class _Code:
                     raise RewriteError(f"unsupported instruction 0xFC {sub}")
             elif op == 0xFD:  # SIMD
                 sub, pos = _u32(data, pos)
+                if scan:
+                    self.simd_loops.update(p for p in open_loops if p is not None)
                 if sub in _FD_MEMARG:
                     _, pos = _u32(data, pos)
                     _, pos = _u32(data, pos)
@@ -262,8 +291,9 @@ def sections(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def prepare(wasm: bytes) -> Prepared:
-    """The rewritten module (see the module docstring) and the guest memory's limits."""
+def prepare(wasm: bytes, *, fuel: bool = True) -> Prepared:
+    """The rewritten module (see the module docstring) and the guest memory's limits; `fuel`
+    False leaves out the deadline checks (the check import stays)."""
     secs = {}
     for sid, payload in sections(bytes(wasm)):
         if sid == 0:
@@ -334,12 +364,13 @@ def prepare(wasm: bytes) -> Prepared:
     # globals: remap ref.func in initializers, append the fuel counter (mutable i32)
     n_globals, gbody = _vec_header(secs.get(GLOBAL))
     fuel_global = n_imp_globals + n_globals
-    code = _Code(n_imp_funcs, check_func, fuel_global)
+    code = _Code(n_imp_funcs, check_func, fuel_global, fuel)
     pos, new = 0, bytearray()
     for _ in range(n_globals):
         new += gbody[pos:pos + 2]
         pos = code.expr(gbody, pos + 2, new, inject=False)
-    secs[GLOBAL] = _leb(n_globals + 1) + bytes(new) + b"\x7F\x01\x41" + _sleb(FUEL_CHECK_EVERY) + b"\x0B"
+    secs[GLOBAL] = (_leb(n_globals + 2) + bytes(new) + b"\x7F\x01\x41" + _sleb(FUEL_CHECK_EVERY) + b"\x0B"
+                    + b"\x7F\x01\x41" + _sleb(SIMD_FUEL) + b"\x0B")
 
     if EXPORT in secs:
         count, ebody = _vec_header(secs[EXPORT])
@@ -348,8 +379,12 @@ def prepare(wasm: bytes) -> Prepared:
             name, pos = _name(ebody, pos)
             kind = ebody[pos]
             idx, pos = _u32(ebody, pos + 1)
+            if name.startswith(RESERVED_MODULE):
+                raise RewriteError(f"the guest exports a reserved name {name!r}")
             new += _vec_name(name) + bytes([kind]) + _leb(code.func(idx) if kind == 0 else idx)
         secs[EXPORT] = _leb(count) + bytes(new)
+    count, ebody = _vec_header(secs.get(EXPORT))
+    secs[EXPORT] = _leb(count + 1) + ebody + _vec_name(SIMD_FUEL_EXPORT) + b"\x03" + _leb(fuel_global + 1)
     if START in secs:
         f, _ = _u32(secs[START], 0)
         secs[START] = _leb(code.func(f))
@@ -367,8 +402,7 @@ def prepare(wasm: bytes) -> Prepared:
                 _, p = _u32(cbody, p)
                 p += 1
             fn += cbody[pos:p]
-            fn += code.check  # function entry: bounds call trees without loops too
-            p = code.expr(cbody, p, fn, inject=True)
+            p = code.body(cbody, p, fn)
             if p != end:
                 raise RewriteError("a function body's size does not match its code")
             new += _leb(len(fn)) + fn
@@ -417,5 +451,5 @@ def _elements(body_with_count: bytes, code: _Code) -> bytes:
     return _leb(count) + bytes(new)
 
 
-__all__ = ["prepare", "Prepared", "RewriteError", "sections", "FUEL_CHECK_EVERY", "MAX_TABLE_ELEMENTS",
+__all__ = ["prepare", "Prepared", "RewriteError", "sections", "FUEL_CHECK_EVERY", "SIMD_FUEL", "MAX_TABLE_ELEMENTS",
            "RESERVED_MODULE", "REWRITE_VERSION"]

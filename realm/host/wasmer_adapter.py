@@ -4,7 +4,9 @@ wasmer-python has no store limiter, no epoch interruption and no metering, so th
 rewritten before compiling (`realm.host.wasm_rewrite`): its memory becomes an import the host
 creates with the maximum lowered to the memory budget, table maxima are capped, and function
 entries and loop headers count down a fuel global whose every FUEL_CHECK_EVERY-th step calls a
-host check that traps the call past its deadline (host functions check the deadline too).
+host check that traps the call past its deadline (host functions check the deadline too); loops
+with SIMD instructions get a call-free counter that traps after SIMD_FUEL iterations without an
+ordinary check step (see `wasm_rewrite._Code`: a Cranelift miscompile otherwise).
 wasmer-python holds the GIL during a call, so guests in threads take turns: `parallel_calls` is
 false and the wasm engine runs one instance (no shards).
 """
@@ -214,13 +216,25 @@ class Guest(runtime.Guest):
         except _DeadlineExceeded:
             self._failed(name, self.deadline_text())
         except RuntimeError as e:  # a wasm trap
-            self._failed(name, _trap_text(e))
+            self._failed(name, self.simd_limit_text() if self._simd_fuel_out() else _trap_text(e))
         except (TypeError, ValueError, OverflowError) as e:  # wasmer-python's argument conversion
             raise guest_error(f"bad arguments for {name}: {e}") from None
         except BaseException as e:  # KeyboardInterrupt raised inside a host call: the guest is unusable
             self._failed(name, f"interrupted ({type(e).__name__})", e)
         finally:
             self._deadline = float("inf")
+
+    def _simd_fuel_out(self) -> bool:
+        """The trap was the SIMD-loop limit of `wasm_rewrite` (its counter ran down to 0)."""
+        g = self._export(wasm_rewrite.SIMD_FUEL_EXPORT)
+        try:
+            return isinstance(g, wasmer.Global) and g.value == 0
+        except Exception:
+            return False
+
+    def simd_limit_text(self) -> str:
+        return (f"stopped by the SIMD-loop limit: a loop with SIMD instructions ran {wasm_rewrite.SIMD_FUEL} "
+                "iterations without a deadline check (runaway guest)")
 
     def _drop(self) -> None:
         self._funcs = {}

@@ -172,6 +172,23 @@ def test_runaway_loop_stopped_within_the_stated_time(store, timeout):
     assert e.value.code is None and "runaway" in str(e.value)
 
 
+SIMD_SPIN = """(module (memory (export "memory") 1)
+  (func (export "spin") (result i32) (local $v v128)
+    (loop $l (local.set $v (i32x4.add (local.get $v) (v128.const i32x4 1 1 1 1))) (br $l))
+    (i32x4.extract_lane 0 (local.get $v))))"""
+
+
+def test_runaway_simd_loop_is_stopped(store):
+    """A loop of SIMD instructions (under wasmer: the call-free SIMD-loop counter of wasm_rewrite,
+    which may fire before the deadline) is stopped too."""
+    g = Guest(SIMD_SPIN, model_store=store, timeout=TIMEOUT)
+    t0 = time.perf_counter()
+    with pytest.raises(GuestError, match="runaway"):
+        g.call("spin")
+    assert time.perf_counter() - t0 < TIMEOUT + STOP_WITHIN
+    assert g.trapped is not None
+
+
 def test_deadline_is_per_call_not_cumulative(store):
     g = Guest(SPIN, model_store=store, timeout=1.0)
     t0 = time.perf_counter()

@@ -42,10 +42,17 @@ MODULE = """(module
   (func (export "pick") (param i32) (result i32)
     (block $c (block $b (block $a (br_table $a $b $c (local.get 0))) (return (i32.const 10)))
       (return (i32.const 20))) (i32.const 30))
+  (func (export "simd_sum") (param $n i32) (result i32) (local $i i32) (local $v v128)
+    (block $d (loop $l (br_if $d (i32.ge_u (local.get $i) (local.get $n)))
+      (local.set $v (i32x4.add (local.get $v) (i32x4.splat (local.get $i))))
+      (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l)))
+    (i32x4.extract_lane 3 (local.get $v)))
+  (func (export "simd_spin") (local $v v128)
+    (loop $l (local.set $v (i32x4.add (local.get $v) (local.get $v))) (br $l)))
   (func (export "simd") (result i32)
     (i32x4.extract_lane 2 (i32x4.add (v128.const i32x4 1 2 3 4) (v128.const i32x4 10 20 30 40)))))"""
 CALLS = [("sum", (10,)), ("sum", (100_000,)), ("indirect", (0,)), ("g", ()), ("stored", ()), ("grow", (1,)),
-         ("pick", (0,)), ("pick", (1,)), ("pick", (7,)), ("simd", ())]
+         ("pick", (0,)), ("pick", (1,)), ("pick", (7,)), ("simd", ()), ("simd_sum", (1000,))]
 
 
 def run(wasm: bytes, prepared: bool):
@@ -77,6 +84,10 @@ def test_rewritten_module_computes_the_same():
     assert ex["grow"](store, 100) == -1  # the module's own maximum (8 pages) still holds
     assert ex["tgrow"](store, wr.MAX_TABLE_ELEMENTS) == -1  # no maximum declared: capped
     assert ex["tgrow"](store, 10) == 4
+    # a SIMD loop has no call in it: it traps once it has run SIMD_FUEL iterations past the last check step
+    with pytest.raises(wasmtime.Trap, match="unreachable"):
+        ex["simd_spin"](store)
+    assert ex[wr.SIMD_FUEL_EXPORT].value(store) == 0
 
 
 def test_memory_becomes_an_import_with_the_modules_limits():
