@@ -136,6 +136,8 @@ def info(model, tensors, as_json):
               help="numba: threads; wasm: guest instances sharing the weight matrices (default: all cores, wasm at most 4).")
 @click.option("--memory-budget", type=ByteSize(1 << 20, 4 << 30), default="64MiB", show_default=True,
               help="wasm engine: cap on the guest's linear memory.")
+@click.option("--runtime", type=click.Choice(["auto", "wasmtime", "wasmer"]), default="auto", show_default=True,
+              help="wasm engine: the guest runtime (auto: wasmtime where installed; wasmer needs CPython 3.10).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, tokens and stats.")
 @click.option("-v", "--verbose", is_flag=True, help="Print timings (and guest memory/bytes fetched) to stderr.")
 @click.option("--chat", "as_chat", is_flag=True, help="Apply the chat template: PROMPT is one user message.")
@@ -146,7 +148,7 @@ def info(model, tensors, as_json):
               help="With --chat: a Jinja chat template file instead of the model's.")
 @handle_errors
 def run(prompt, model, engine, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
-        seed, stop, special, ctx, threads, memory_budget, as_json, verbose, as_chat, system, template_name,
+        seed, stop, special, ctx, threads, memory_budget, runtime, as_json, verbose, as_chat, system, template_name,
         template_file):
     """Generate a completion of PROMPT (default: "What is the capital of France?"; "-" reads stdin).
 
@@ -170,6 +172,7 @@ def run(prompt, model, engine, max_tokens, temperature, top_k, top_p, min_p, rep
         options["threads"] = threads
     if engine == "wasm":
         options["memory_budget"] = memory_budget
+        options["runtime"] = runtime
     if ctx is not None and m.config is not None and ctx > m.config.context_length:
         _fail(f"--ctx {ctx} exceeds the model's trained context length {m.config.context_length}")
     rendered = None

@@ -67,3 +67,41 @@ def default_model() -> Path:
         if os.environ.get("REALM_REQUIRE_MODEL") == "1":
             pytest.fail(str(e))
         pytest.skip(str(e))
+
+
+# ---- guest runtimes -----------------------------------------------------------------------------------
+# Runtime-neutral guest tests take the `wasm_runtime` fixture (e.g. `pytestmark =
+# pytest.mark.usefixtures("wasm_runtime")`): they run once per runtime of realm.host.runtime.RUNTIMES,
+# with that runtime as the default of every Guest/WasmEngine they make. `--runtime wasmer` (or
+# wasmtime) runs only that one and fails if it is not installed; by default a runtime that is not
+# installed here (wasmer on CPython 3.11+) is skipped, saying why.
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runtime", default="all", choices=("all", "wasmtime", "wasmer"),
+                     help="guest runtime(s) for the runtime-neutral wasm tests (default: all installed)")
+
+
+def pytest_generate_tests(metafunc):
+    if "wasm_runtime" in metafunc.fixturenames:
+        from realm.host.runtime import RUNTIMES
+
+        chosen = metafunc.config.getoption("--runtime")
+        names = RUNTIMES if chosen == "all" else (chosen,)
+        metafunc.parametrize("wasm_runtime", names, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def wasm_runtime(request):
+    """The runtime name; every Guest made meanwhile without an explicit runtime uses it."""
+    from realm.host import runtime
+
+    name = request.param
+    why = runtime.unavailable_reason(name)
+    if why is not None:
+        if request.config.getoption("--runtime") == name:
+            pytest.fail(f"--runtime {name} was asked for, but {why}")
+        pytest.skip(f"{name} runtime not available on Python {sys.version.split()[0]}: {why}")
+    saved, runtime.default_runtime = runtime.default_runtime, name
+    yield name
+    runtime.default_runtime = saved

@@ -1,4 +1,4 @@
-"""The `wasm` engine: the Rust guest (realm/guest/realm_guest.wasm) run under wasmtime.
+"""The `wasm` engine: the Rust guest (realm/guest/realm_guest.wasm) run under wasmtime or wasmer.
 
 The model goes into a `ModelStore` (mapped once, shared by every guest); the guest holds a
 reference, reads weights through the host functions of docs/abi.md and keeps its KV cache and a
@@ -12,7 +12,9 @@ gate/up, down) the main guest calls `realm_peers_begin` (the host copies the gro
 every shard and starts it on its rows), multiplies its own rows, then `realm_peers_end` (the host
 waits and copies the shards' rows into the main guest's output). The output matrix is split the
 same way, on the final hidden state. Every row is computed by the same kernel on the same input
-whoever computes it, so the results are bit-identical for any `threads`.
+whoever computes it, so the results are bit-identical for any `threads`. Shards need a runtime
+whose calls run in parallel threads (`Guest.parallel_calls`: wasmtime yes, wasmer-python no, it
+holds the GIL); otherwise the engine is one instance.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ import time
 import threading
 from typing import Any
 
+import logging
+
 import numpy as np
 
 from realm.errors import GuestError
 from realm.host import abi
 from realm.host.abi import Err, guest_error
-from realm.host.runtime import DEFAULT_BUDGET, DEFAULT_TIMEOUT, Guest
+from realm.host.runtime import DEFAULT_BUDGET, DEFAULT_TIMEOUT, Guest, adapter, resolve_runtime
 from realm.host.store import ModelStore, default_store
+
+log = logging.getLogger("realm.engines.wasm")
 
 MAX_BATCH = 64  # positions per realm_eval call
 EVAL_LAST, EVAL_ALL, EVAL_HIDDEN = 0, 1, 2  # realm_eval modes
@@ -101,12 +107,14 @@ class WasmEngine:
         `memory_budget`, which stays the engine's total: each gets `shard_budget` (7 MiB for Gemma 3
         270M) plus a share of what the main guest's KV cache and buffers leave over, to cache its
         rows (`_plan_shard_budgets`); shards are dropped when the main guest would keep less than
-        16 MiB.
+        16 MiB. A runtime without parallel calls (wasmer) always gets one instance.
+    runtime : "wasmtime", "wasmer", "auto" or None (`realm.host.runtime.default_runtime`).
     """
 
     def __init__(self, gguf_file, config, n_ctx: int = 2048, memory_budget: int = DEFAULT_BUDGET,
                  store: ModelStore | None = None, timeout: float | str | None = "auto", wasm=None,
-                 max_read_bytes: int | None = None, threads: int | None = None, **_ignored: Any):
+                 max_read_bytes: int | None = None, threads: int | None = None, runtime: str | None = None,
+                 **_ignored: Any):
         self.config = config
         self.n_ctx = int(n_ctx)
         self.memory_budget = int(memory_budget)
@@ -119,6 +127,7 @@ class WasmEngine:
         self.timeout = timeout
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise GuestError(f"threads must be a positive integer, got {threads!r}")
+        self.runtime = resolve_runtime(runtime)
         n_shards = self._plan_shards(gguf_file, config, threads)
         n_parts = 1 + n_shards
         self._ranges = _row_ranges(int(config.vocab_size), n_parts)
@@ -129,7 +138,7 @@ class WasmEngine:
         self._peers: _Peers | None = None
         self._broken: str | None = None  # why a shard failed: the engine's instances are out of step
         t0 = time.perf_counter()
-        self.guest = Guest(wasm, model_store=self.model_store, memory_budget=main_budget,
+        self.guest = Guest(wasm, runtime=self.runtime, model_store=self.model_store, memory_budget=main_budget,
                            timeout=timeout, max_read_bytes=max_read_bytes)
         self.instantiate_seconds = time.perf_counter() - t0
         try:
@@ -170,6 +179,11 @@ class WasmEngine:
     def _plan_shards(self, gguf_file, config, threads: int | None) -> int:
         """How many shards this engine gets (see the class docstring)."""
         if self.max_read_bytes is not None:
+            return 0
+        if not adapter(self.runtime).Guest.parallel_calls:
+            if threads is not None and threads > 1:
+                log.info("the %s runtime runs one guest call at a time (it holds the GIL): one instance, "
+                         "not %d", self.runtime, threads)
             return 0
         want = threads
         if want is None:
@@ -217,8 +231,8 @@ class WasmEngine:
 
     def _start_shard(self, gguf_file, wasm, budget: int, part: int, n_parts: int) -> Guest:
         """One more guest instance holding the model, initialised as part `part` of `n_parts`."""
-        g = Guest(wasm, model_store=self.model_store, memory_budget=budget, timeout=self.timeout,
-                  name=f"{self.guest.name}-shard")
+        g = Guest(wasm, runtime=self.runtime, model_store=self.model_store, memory_budget=budget,
+                  timeout=self.timeout, name=f"{self.guest.name}-shard")
         try:
             model_id = self.model_store.add(gguf_file, holder=g.holder, pin=False)
             g.tenant.adopt(model_id, self.model_store.get(model_id))
@@ -391,6 +405,7 @@ class WasmEngine:
         g = self.guest_stats()
         return {
             "engine": "wasm",
+            "runtime": self.runtime,
             "bytes_fetched": g["bytes_fetched"],
             "host_calls": self.guest.tenant.host_calls + sum(g.tenant.host_calls for g in self._shards),
             "cache_hits": g["cache_hits"],

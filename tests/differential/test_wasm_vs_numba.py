@@ -30,6 +30,8 @@ from compare import (TOLERANCE, assert_default_model_agrees, assert_greedy_equal
                      assert_logits_close, types_for)
 from synth import differential_kwargs, kquant_dims, make_model  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("wasm_runtime")  # under every installed runtime (conftest.py)
+
 
 PROMPT = [1, 5, 9, 100, 200, 7, 3, 4, 5, 6, 7, 8]  # 12 > sliding window 4 of the gemma3 models
 N_PREFILL = 5

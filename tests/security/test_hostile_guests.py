@@ -28,6 +28,8 @@ from realm.host.runtime import Guest  # noqa: E402
 from realm.host.store import ModelStore  # noqa: E402
 from realm.quants import GGMLType  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("wasm_runtime")  # under every installed runtime (conftest.py)
+
 WAT_DIR = Path(__file__).resolve().parent / "wat"
 PROXY = (WAT_DIR / "proxy.wat").read_text()
 MEM = 16 * 65536  # the proxy's initial memory

@@ -32,6 +32,8 @@ from realm.host.store import MAX_ID, ModelStore, content_id  # noqa: E402
 from realm.quants import GGMLType  # noqa: E402
 from realm.generate import greedy
 
+pytestmark = pytest.mark.usefixtures("wasm_runtime")  # under every installed runtime (conftest.py)
+
 PROXY = (Path(__file__).resolve().parent / "wat" / "proxy.wat").read_text()
 NAME_AT, OUT_AT, BIG_AT = 0x100, 0x1000, 0x10000
 PROMPTS = [[1, 5, 9, 100, 200, 7], [1, 42, 43, 44], [1, 250, 3, 3, 3, 3, 3, 8]]

@@ -22,11 +22,14 @@ from realm.errors import GuestError  # noqa: E402
 from realm.gguf import GGUFFile  # noqa: E402
 from realm.host import abi, runtime  # noqa: E402
 from realm.host.abi import Err  # noqa: E402
-from realm.host.runtime import DEFAULT_BUDGET, DEFAULT_TIMEOUT, EPOCH_TICK, Guest  # noqa: E402
+from realm.host.runtime import DEFAULT_BUDGET, DEFAULT_TIMEOUT, Guest  # noqa: E402
 from realm.host.store import DEFAULT_MAX_IMAGE_BYTES, ModelStore  # noqa: E402
 from realm.quants import GGMLType  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("wasm_runtime")  # under every installed runtime (conftest.py)
+
 TIMEOUT = 0.2
+TICK = 0.01  # wasmtime's epoch tick: its deadline may fire up to 2 ticks early
 STOP_WITHIN = 10.0  # generous: the deadline fires after TIMEOUT + 2 ticks, plus scheduling
 PAGE = 65536
 NAME_AT, OUT_AT, BUF_AT = 0x100, 0x1000, 0x10000
@@ -164,9 +167,26 @@ def test_runaway_loop_stopped_within_the_stated_time(store, timeout):
     with pytest.raises(GuestError, match=f"deadline after {timeout} s") as e:
         g.call("spin")
     elapsed = time.perf_counter() - t0
-    assert elapsed >= timeout - 2 * EPOCH_TICK  # not before its time ...
+    assert elapsed >= timeout - 2 * TICK  # not before its time ...
     assert elapsed < timeout + STOP_WITHIN  # ... and surely after it (stated: timeout + 2 ticks)
     assert e.value.code is None and "runaway" in str(e.value)
+
+
+SIMD_SPIN = """(module (memory (export "memory") 1)
+  (func (export "spin") (result i32) (local $v v128)
+    (loop $l (local.set $v (i32x4.add (local.get $v) (v128.const i32x4 1 1 1 1))) (br $l))
+    (i32x4.extract_lane 0 (local.get $v))))"""
+
+
+def test_runaway_simd_loop_is_stopped(store):
+    """A loop of SIMD instructions (under wasmer: the call-free SIMD-loop counter of wasm_rewrite,
+    which may fire before the deadline) is stopped too."""
+    g = Guest(SIMD_SPIN, model_store=store, timeout=TIMEOUT)
+    t0 = time.perf_counter()
+    with pytest.raises(GuestError, match="runaway"):
+        g.call("spin")
+    assert time.perf_counter() - t0 < TIMEOUT + STOP_WITHIN
+    assert g.trapped is not None
 
 
 def test_deadline_is_per_call_not_cumulative(store):
@@ -311,4 +331,6 @@ def test_runtime_limits_are_per_store_not_global(store):
         spin.call("spin")
     fresh = Guest(SPIN, model_store=store, timeout=5)
     assert fresh.call("work", 1000) == Guest(SPIN, model_store=store).call("work", 1000)
-    assert runtime.engine() is runtime.engine()  # one engine, still ticking
+    again = Guest(SPIN, model_store=store, timeout=0.05)  # the deadline still fires for the next guest
+    with pytest.raises(GuestError, match="deadline"):
+        again.call("spin")

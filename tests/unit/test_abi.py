@@ -342,9 +342,9 @@ def test_both_hostcall_paths_agree(store, model_paths, monkeypatch, safe):
 
 
 def runtime_raw_available() -> bool:
-    from realm.host import runtime
+    from realm.host import wasmtime_adapter
 
-    return runtime._RAW_OK
+    return wasmtime_adapter._RAW_OK
 
 
 def test_keyboard_interrupt_in_a_host_call_propagates(store, model_paths, monkeypatch):
