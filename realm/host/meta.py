@@ -22,7 +22,8 @@ import wasmtime
 
 from realm.errors import ConfigError, GGUFError, RealmError, TokenizerError, UnsupportedError
 from realm.host.abi import Err, guest_error
-from realm.host.runtime import EPOCH_TICK, MAX_TABLE_ELEMENTS, NO_DEADLINE, engine, load_module
+from realm.host.runtime import MAX_TABLE_ELEMENTS, load_module
+from realm.host.wasmtime_adapter import EPOCH_TICK, NO_DEADLINE, engine
 
 log = logging.getLogger("realm.host.meta")
 
@@ -88,7 +89,7 @@ class MetaModule:
     # -- setup -----------------------------------------------------------------------------------
 
     def _start(self, wasm: Any) -> None:
-        module = load_module(default_meta_path() if wasm is None else wasm)
+        module = load_module(default_meta_path() if wasm is None else wasm, runtime="wasmtime").native
         self._store = wasmtime.Store(engine())
         self._store.set_limits(memory_size=self.memory_limit, table_elements=MAX_TABLE_ELEMENTS, instances=1,
                                tables=4, memories=1)
