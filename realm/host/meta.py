@@ -204,7 +204,7 @@ class MetaModule:
             return (ConfigError if what == "config" else TokenizerError if what == "tokenizer" else GGUFError)(text)
         if rc == Err.ERR_UNSUPPORTED:
             return UnsupportedError(text)
-        if what == "tokenizer" and rc == Err.ERR_BAD_ARG:
+        if what == "tokenizer" and rc in (Err.ERR_BAD_ARG, Err.ERR_BAD_TOKEN):
             return TokenizerError(text)
         return guest_error(f"metadata module {what}: {text}", rc)
 
@@ -293,6 +293,101 @@ class MetaModule:
         """The 128-byte ModelConfigABI (raises ConfigError / UnsupportedError like `ModelConfig.from_gguf`)."""
         return self._with_output("meta_config", "config", size=128)
 
+    # -- the tokenizer ---------------------------------------------------------------------------
+
+    def init_tokenizer(self) -> None:
+        """Build the module's tokenizer (once): TokenizerError / UnsupportedError like `realm.tokenizer`."""
+        if getattr(self, "_tokenizer_ready", False):
+            return
+        rc = self.call("meta_tokenizer_init")
+        if rc < 0:
+            raise self._error(rc, "tokenizer")
+        self._tokenizer_ready = True
+
+    @property
+    def vocab_size(self) -> int:
+        self.init_tokenizer()
+        n = self.call("meta_vocab_size")
+        if n < 0:
+            raise self._error(n, "tokenizer")
+        return n
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """The end-of-generation ids (as `Tokenizer.stop_ids`)."""
+        self.init_tokenizer()
+        return frozenset(self._ids_call("meta_stop_ids", 64))
+
+    def _ids_call(self, name: str, max_ids: int, *args: int) -> list[int]:
+        for _ in range(2):
+            ptr = self._alloc(4 * max(max_ids, 1))
+            try:
+                rc = self.call(name, *args, ptr, max_ids)
+                if rc >= 0:
+                    return np.frombuffer(self._read(ptr, 4 * rc), "<i4").tolist()
+            finally:
+                self._free(ptr, 4 * max(max_ids, 1))
+            if rc != Err.ERR_TOO_SMALL:
+                raise self._error(rc, "tokenizer")
+            max_ids = self.call("meta_last_size") // 4
+        raise self._error(rc, "tokenizer")
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False, *, max_ids: int | None = None) -> list[int]:
+        """Text -> ids, as `Tokenizer.encode(text, add_bos, special)` (lone surrogates become U+FFFD)."""
+        self.init_tokenizer()
+        data = text.encode("utf-8", errors="surrogatepass")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            data = re.sub("[\ud800-\udfff]", "\ufffd", text).encode("utf-8")
+        return self.tokenize_bytes(data, add_bos, special, max_ids=max_ids)
+
+    def tokenize_bytes(self, data: bytes, add_bos: bool = True, special: bool = False, *,
+                       max_ids: int | None = None) -> list[int]:
+        """UTF-8 bytes -> ids (invalid UTF-8: TokenizerError). `max_ids` fixes the output buffer
+        (a longer result raises GuestError ERR_TOO_SMALL) instead of growing it."""
+        self.init_tokenizer()
+        tptr, tn = self._with_input(data)
+        try:
+            flags = int(bool(add_bos)) | 2 * int(bool(special))
+            if max_ids is not None:
+                ptr = self._alloc(4 * max(max_ids, 1))
+                try:
+                    rc = self.call("meta_tokenize", tptr, tn, flags, ptr, max_ids)
+                    if rc < 0:
+                        raise self._error(rc, "tokenizer")
+                    return np.frombuffer(self._read(ptr, 4 * rc), "<i4").tolist()
+                finally:
+                    self._free(ptr, 4 * max(max_ids, 1))
+            return self._ids_call("meta_tokenize", tn // 2 + 16, tptr, tn, flags)
+        finally:
+            self._free(tptr, max(tn, 1))
+
+    def detokenize(self, ids, special: bool = False, remove_special: bool = False) -> str:
+        """Ids -> text, as `Tokenizer.decode(ids, special, remove_special)`."""
+        self.init_tokenizer()
+        arr = np.asarray(list(ids), dtype=np.int64)
+        if arr.size and (arr.min() < -(2**31) or arr.max() >= 2**31):
+            raise TokenizerError("token id out of the int32 range")
+        data = arr.astype("<i4").tobytes()
+        iptr, n = self._with_input(data)
+        try:
+            flags = int(bool(special)) | 2 * int(bool(remove_special))
+            out = self._with_output("meta_detokenize", "tokenizer", iptr, len(arr), flags,
+                                    size=8 * len(arr) + 64)
+            return out.decode("utf-8")
+        finally:
+            self._free(iptr, max(n, 1))
+
+    def stream(self, special: bool = False, lstrip_first: bool = False) -> "MetaStream":
+        """A streaming decoder matching `realm.tokenizer.StreamDecoder(tok, special, lstrip_first)`
+        (one per module: a new one resets the previous)."""
+        self.init_tokenizer()
+        rc = self.call("meta_stream_reset", int(bool(special)) | 2 * int(bool(lstrip_first)))
+        if rc < 0:
+            raise self._error(rc, "tokenizer")
+        return MetaStream(self)
+
     # -- lifetime --------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -309,4 +404,17 @@ class MetaModule:
         self.close()
 
 
-__all__ = ["MetaModule", "DEFAULT_META_MEMORY", "default_meta_path"]
+class MetaStream:
+    """The module's streaming decoder: `feed(id)` -> the text completed so far, `flush()` the rest."""
+
+    def __init__(self, module: MetaModule):
+        self._m = module
+
+    def feed(self, token_id: int) -> str:
+        return self._m._with_output("meta_stream_feed", "tokenizer", int(token_id), size=256).decode("utf-8")
+
+    def flush(self) -> str:
+        return self._m._with_output("meta_stream_flush", "tokenizer", size=256).decode("utf-8")
+
+
+__all__ = ["MetaModule", "MetaStream", "DEFAULT_META_MEMORY", "default_meta_path"]

@@ -11,15 +11,21 @@
 #[path = "../../src/abi.rs"]
 mod abi;
 mod config;
+mod encode;
 mod gguf;
 mod host;
 #[path = "../../src/kernels.rs"]
 #[allow(dead_code)]
 mod kernels;
+mod pretok;
 mod pyfmt;
 #[path = "../../src/quants.rs"]
 #[allow(dead_code)]
 mod quants;
+mod regex;
+mod tables;
+mod tokenizer;
+mod unicode;
 
 use abi::*;
 use std::alloc::{alloc, dealloc, Layout};
@@ -38,12 +44,16 @@ impl MetaError {
 
 struct State {
     gguf: Option<gguf::Gguf>,
+    tok: Option<tokenizer::Tokenizer>,
+    stream: Option<tokenizer::Stream>,
     error: String,
     last_size: i32, // bytes the last ERR_TOO_SMALL result needed
 }
 
 static mut STATE: State = State {
     gguf: None,
+    tok: None,
+    stream: None,
     error: String::new(),
     last_size: 0,
 };
@@ -139,6 +149,8 @@ pub extern "C" fn meta_free(ptr: i32, n: i32) {
 pub extern "C" fn meta_open(file_size: i64) -> i32 {
     let st = state();
     st.gguf = None;
+    st.tok = None;
+    st.stream = None;
     if file_size < 0 {
         return failed(MetaError::new(
             ERR_BAD_ARG,
@@ -258,4 +270,178 @@ pub extern "C" fn meta_config(out_ptr: i32, out_max: i32) -> i32 {
             .and_then(config::model_config)
             .and_then(|c| write_out(&c, out_ptr, out_max)),
     )
+}
+
+// -- the tokenizer (docs/abi.md "Tokenizer exports") -------------------------------------------------
+
+/// Longest text one `meta_tokenize` call takes, in bytes.
+const MAX_TEXT_BYTES: usize = 8 << 20;
+/// Most ids one `meta_detokenize` call takes.
+const MAX_DETOKENIZE_IDS: usize = 4 << 20;
+/// Working memory a tokenize call may need per byte of text (pre-flight reservation).
+const TOKENIZE_BYTES_PER_BYTE: usize = 48;
+
+fn tok() -> Result<&'static mut tokenizer::Tokenizer, MetaError> {
+    state()
+        .tok
+        .as_mut()
+        .ok_or_else(|| MetaError::new(ERR_NOT_INIT, "the tokenizer is not built: call meta_tokenizer_init first".into()))
+}
+
+fn flags_ok(flags: i32, allowed: i32, what: &str) -> Result<(), MetaError> {
+    if flags & !allowed != 0 {
+        return Err(MetaError::new(ERR_BAD_ARG, format!("{}: unknown flag bits {:#x}", what, flags & !allowed)));
+    }
+    Ok(())
+}
+
+fn write_ids(ids: &[u32], out_ptr: i32, max_ids: i32) -> Result<i32, MetaError> {
+    let max = length(max_ids, "max_ids")?;
+    if ids.len() > max {
+        state().last_size = (4 * ids.len()).min(i32::MAX as usize) as i32;
+        return Err(MetaError::new(
+            ERR_TOO_SMALL,
+            format!("the result has {} ids, the buffer holds {}", ids.len(), max),
+        ));
+    }
+    let out = mem(out_ptr, 4 * ids.len())?;
+    for (k, &id) in ids.iter().enumerate() {
+        out[4 * k..4 * k + 4].copy_from_slice(&(id as i32).to_le_bytes());
+    }
+    Ok(ids.len() as i32)
+}
+
+/// Build the tokenizer from the open model's metadata (once; later calls return 0 at once).
+#[no_mangle]
+pub extern "C" fn meta_tokenizer_init() -> i32 {
+    done((|| {
+        let st = state();
+        if st.tok.is_some() {
+            return Ok(0);
+        }
+        let g = opened()?;
+        st.tok = Some(tokenizer::Tokenizer::from_gguf(g)?);
+        Ok(0)
+    })())
+}
+
+/// Number of tokens of the vocabulary.
+#[no_mangle]
+pub extern "C" fn meta_vocab_size() -> i32 {
+    done(tok().map(|t| t.vocab_size() as i32))
+}
+
+/// The end-of-generation ids, ascending; count written (ERR_TOO_SMALL: meta_last_size = bytes needed).
+#[no_mangle]
+pub extern "C" fn meta_stop_ids(out_ptr: i32, max_ids: i32) -> i32 {
+    done(tok().and_then(|t| {
+        let ids = t.stop_ids.clone();
+        write_ids(&ids, out_ptr, max_ids)
+    }))
+}
+
+/// UTF-8 text -> ids (flags bit0 add_bos, bit1 parse special tokens); count written.
+#[no_mangle]
+pub extern "C" fn meta_tokenize(text_ptr: i32, text_len: i32, flags: i32, out_ptr: i32, max_ids: i32) -> i32 {
+    done((|| {
+        let t = tok()?;
+        flags_ok(flags, 3, "meta_tokenize")?;
+        let n = length(text_len, "text_len")?;
+        length(max_ids, "max_ids")?;
+        if n > MAX_TEXT_BYTES {
+            return Err(MetaError::new(
+                ERR_BAD_ARG,
+                format!("the text has {} bytes, more than the {} one meta_tokenize call takes", n, MAX_TEXT_BYTES),
+            ));
+        }
+        let raw = mem(text_ptr, n)?;
+        if let Err(e) = core::str::from_utf8(raw) {
+            return Err(MetaError::new(
+                ERR_BAD_ARG,
+                format!("the text is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+            ));
+        }
+        // pre-flight: the working memory of the worst case exists, or a clean ERR_OOM (wasm memory
+        // never shrinks, so the pages stay for the allocations below)
+        let mut probe: Vec<u8> = Vec::new();
+        if probe.try_reserve_exact(TOKENIZE_BYTES_PER_BYTE * n + (1 << 20)).is_err() {
+            return Err(MetaError::new(
+                ERR_OOM,
+                format!("not enough module memory to tokenize {} bytes of text", n),
+            ));
+        }
+        drop(probe);
+        let mut copy: Vec<u8> = Vec::new();
+        copy.try_reserve_exact(n).map_err(|_| gguf::oom("the text"))?;
+        copy.extend_from_slice(raw);
+        let text = String::from_utf8(copy).map_err(|_| MetaError::new(ERR_INTERNAL, "text changed".into()))?;
+        let ids = t.encode(&text, flags & 1 != 0, flags & 2 != 0)?;
+        write_ids(&ids, out_ptr, max_ids)
+    })())
+}
+
+/// Ids (i32) -> UTF-8 text as Python `Tokenizer.decode` (flags bit0 special, bit1 remove_special);
+/// bytes written.
+#[no_mangle]
+pub extern "C" fn meta_detokenize(ids_ptr: i32, n_ids: i32, flags: i32, out_ptr: i32, out_max: i32) -> i32 {
+    done((|| {
+        let t = tok()?;
+        flags_ok(flags, 3, "meta_detokenize")?;
+        let n = length(n_ids, "n_ids")?;
+        if n > MAX_DETOKENIZE_IDS {
+            return Err(MetaError::new(
+                ERR_BAD_ARG,
+                format!("{} ids, more than the {} one meta_detokenize call takes", n, MAX_DETOKENIZE_IDS),
+            ));
+        }
+        let raw = mem(ids_ptr, 4 * n)?;
+        let mut ids: Vec<u32> = Vec::new();
+        ids.try_reserve_exact(n).map_err(|_| gguf::oom("the ids"))?;
+        for k in 0..n {
+            let v = i32::from_le_bytes([raw[4 * k], raw[4 * k + 1], raw[4 * k + 2], raw[4 * k + 3]]);
+            ids.push(t.check_id(v)?);
+        }
+        let text = tokenizer::utf8_lossy(&t.detokenize(&ids, flags & 1 != 0, flags & 2 != 0));
+        write_out(&text, out_ptr, out_max)
+    })())
+}
+
+/// Start a streaming decode (flags bit0 special, bit1 lstrip_first), as Python `StreamDecoder`.
+#[no_mangle]
+pub extern "C" fn meta_stream_reset(flags: i32) -> i32 {
+    done((|| {
+        let t = tok()?;
+        flags_ok(flags, 3, "meta_stream_reset")?;
+        state().stream = Some(tokenizer::Stream::new(t, flags & 1 != 0, flags & 2 != 0));
+        Ok(0)
+    })())
+}
+
+fn stream_step(out_ptr: i32, out_max: i32, f: impl FnOnce(&mut tokenizer::Stream, &tokenizer::Tokenizer) -> Result<Vec<u8>, MetaError>) -> Result<i32, MetaError> {
+    let t = tok()?;
+    let cur = state()
+        .stream
+        .as_ref()
+        .ok_or_else(|| MetaError::new(ERR_NOT_INIT, "no stream: call meta_stream_reset first".into()))?;
+    // the step is committed only once its text is written (ERR_TOO_SMALL: retry the same call)
+    let mut next = cur.clone();
+    let text = f(&mut next, t)?;
+    let n = write_out(&text, out_ptr, out_max)?;
+    state().stream = Some(next);
+    Ok(n)
+}
+
+/// Feed one generated id; the text completed by it (never half a UTF-8 character); bytes written.
+#[no_mangle]
+pub extern "C" fn meta_stream_feed(id: i32, out_ptr: i32, out_max: i32) -> i32 {
+    done(stream_step(out_ptr, out_max, |s, t| {
+        let id = t.check_id(id)?;
+        Ok(s.feed(t, id))
+    }))
+}
+
+/// What the stream still holds (an incomplete character as U+FFFD); bytes written.
+#[no_mangle]
+pub extern "C" fn meta_stream_flush(out_ptr: i32, out_max: i32) -> i32 {
+    done(stream_step(out_ptr, out_max, |s, _| Ok(s.flush())))
 }
