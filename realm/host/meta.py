@@ -388,6 +388,17 @@ class MetaModule:
             raise self._error(rc, "tokenizer")
         return MetaStream(self)
 
+    # -- dequantization --------------------------------------------------------------------------
+
+    def dequantize(self, ggml_type: int, data: bytes) -> np.ndarray:
+        """Raw tensor bytes (whole blocks) -> float32 through the module (the guest's kernels)."""
+        sptr, n = self._with_input(bytes(data))
+        try:
+            out = self._with_output("meta_dequantize", "dequantize", int(ggml_type), sptr, n, size=max(64, 8 * n))
+        finally:
+            self._free(sptr, max(n, 1))
+        return np.frombuffer(out, "<f4").copy()
+
     # -- lifetime --------------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The metadata module's tokenizer (realm_meta.wasm, Rust) against llama.cpp's vectors and the Python
+"""The metadata module's tokenizer and dequantizer (realm_meta.wasm, Rust) against llama.cpp's vectors and the Python
 oracle `realm.tokenizer`: every vocabulary with vectors, the default model, generated text, every
 pre-tokenizer family, detokenize/stream decode, stop ids, and hostile inputs (clean codes, no trap)."""
 
@@ -317,3 +317,40 @@ def test_tokenizer_needs_no_model_tensors(vocab):
         m.config_bytes()
     m.init_tokenizer()
     assert m.tokenize("hi there", add_bos=False) == vv.load(vocab, "qwen2").encode("hi there", add_bos=False)
+
+
+# -- dequantization ----------------------------------------------------------------------------------
+
+def test_dequantize_matches_reference(default_model):
+    """Every type the guest's kernels handle, on random blocks: bit for bit realm.quants' reference
+    (NaN where it has NaN); the default model's own tensors too; bad calls give clean codes."""
+    import numpy as np
+
+    from realm.quants import GGMLType, block_size_and_bytes, dequantize_ref
+
+    m = meta(default_model)
+    rng = np.random.default_rng(7)
+    for t in (GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
+              GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
+              GGMLType.Q6_K):
+        bs, ts = block_size_and_bytes(t)
+        raw = rng.integers(0, 256, ts * 5, dtype=np.uint8).tobytes()
+        with np.errstate(all="ignore"):  # random scales include inf/NaN
+            want = dequantize_ref(raw, t)
+        np.testing.assert_array_equal(m.dequantize(int(t), raw), want, err_msg=t.name)
+    g = GGUFFile(default_model)
+    with open(default_model, "rb") as f:
+        for info in list(g.tensors.values())[:6]:
+            f.seek(info.offset)
+            raw = f.read(min(info.n_bytes, block_size_and_bytes(info.ggml_type)[1] * 64))
+            np.testing.assert_array_equal(m.dequantize(int(info.ggml_type), raw),
+                                          dequantize_ref(raw, info.ggml_type), err_msg=info.name)
+    with pytest.raises(UnsupportedError):
+        m.dequantize(int(GGMLType.IQ2_XXS), b"\0" * 66)
+    with pytest.raises(GuestError) as e:
+        m.dequantize(int(GGMLType.Q4_0), b"\0" * 17)
+    assert e.value.code == Err.ERR_BAD_ARG
+    assert m.call("meta_dequantize", 2, 8, 18, 8, 4) == Err.ERR_TOO_SMALL
+    assert m.call("meta_last_size") == 128
+    assert m.call("meta_dequantize", 99, 8, 18, 8, 4) == Err.ERR_UNSUPPORTED
+    assert m.call("meta_dequantize", 2, m.memory_size - 4, 18, 8, 128) == Err.ERR_BOUNDS

@@ -149,9 +149,9 @@ pub fn spm(
     if n == 0 {
         return Ok(());
     }
-    let mut nxt: Vec<i64> = (1..=n as i64).collect();
+    let mut nxt: Vec<i32> = (1..=n as i32).collect();
     nxt[n - 1] = -1;
-    let mut prv: Vec<i64> = (-1..n as i64 - 1).collect();
+    let mut prv: Vec<i32> = (-1..n as i32 - 1).collect();
     let sym = |s: u32, l: u32| &text[s as usize..(s + l) as usize];
     let mut heap = BinaryHeap::new();
     // at most n - 1 initial pairs and two per merge (n - 1 merges): reserved once, never regrown
@@ -174,7 +174,7 @@ pub fn spm(
         let nr = nxt[right];
         nxt[left] = nr;
         if nr >= 0 {
-            prv[nr as usize] = left as i64;
+            prv[nr as usize] = left as i32;
         }
         let pl = prv[left];
         if pl >= 0 {
@@ -191,7 +191,7 @@ pub fn spm(
             }
         }
     }
-    let mut i: i64 = 0;
+    let mut i: i32 = 0;
     while i >= 0 {
         let s = sym(start[i as usize], len[i as usize]);
         match vocab.get(s) {
@@ -334,9 +334,9 @@ impl Bpe {
         let (start, mut len) = char_ranges(&w);
         let n = start.len();
         if n >= 2 {
-            let mut nxt: Vec<i64> = (1..=n as i64).collect();
+            let mut nxt: Vec<i32> = (1..=n as i32).collect();
             nxt[n - 1] = -1;
-            let mut prv: Vec<i64> = (-1..n as i64 - 1).collect();
+            let mut prv: Vec<i32> = (-1..n as i32 - 1).collect();
             let mut heap = BinaryHeap::new();
             heap.try_reserve(3 * n).map_err(|_| crate::gguf::oom("the BPE merge queue"))?;
             let rank = |a: usize, b: usize, len: &[u32], scratch: &mut Vec<u8>| -> Option<u32> {
@@ -361,7 +361,7 @@ impl Bpe {
                 let nr = nxt[right];
                 nxt[left] = nr;
                 if nr >= 0 {
-                    prv[nr as usize] = left as i64;
+                    prv[nr as usize] = left as i32;
                 }
                 let pl = prv[left];
                 if pl >= 0 {

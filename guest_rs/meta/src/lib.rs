@@ -279,7 +279,7 @@ const MAX_TEXT_BYTES: usize = 8 << 20;
 /// Most ids one `meta_detokenize` call takes.
 const MAX_DETOKENIZE_IDS: usize = 4 << 20;
 /// Working memory a tokenize call may need per byte of text (pre-flight reservation).
-const TOKENIZE_BYTES_PER_BYTE: usize = 48;
+const TOKENIZE_BYTES_PER_BYTE: usize = 96;
 
 fn tok() -> Result<&'static mut tokenizer::Tokenizer, MetaError> {
     state()
@@ -444,4 +444,66 @@ pub extern "C" fn meta_stream_feed(id: i32, out_ptr: i32, out_max: i32) -> i32 {
 #[no_mangle]
 pub extern "C" fn meta_stream_flush(out_ptr: i32, out_max: i32) -> i32 {
     done(stream_step(out_ptr, out_max, |s, _| Ok(s.flush())))
+}
+
+// -- dequantization --------------------------------------------------------------------------------
+
+/// Most raw bytes one `meta_dequantize` call takes.
+const MAX_DEQUANT_BYTES: usize = 64 << 20;
+
+/// Raw tensor bytes (whole blocks of `ggml_type`) -> little-endian f32 (the guest's kernels, bit-exact
+/// with realm.quants' reference); bytes written.
+#[no_mangle]
+pub extern "C" fn meta_dequantize(ggml_type: i32, src_ptr: i32, n_bytes: i32, out_ptr: i32, out_max: i32) -> i32 {
+    done((|| {
+        let t = match quants::GgmlType::from_u32(ggml_type as u32) {
+            Some(t) if ggml_type >= 0 => t,
+            _ => {
+                let name = gguf::ggml_type_info(ggml_type as u32).map_or("unknown", |i| i.0);
+                return Err(MetaError::new(
+                    ERR_UNSUPPORTED,
+                    format!("ggml type {} ({}) cannot be dequantized", ggml_type, name),
+                ));
+            }
+        };
+        let n = length(n_bytes, "n_bytes")?;
+        let max = length(out_max, "out_max")?;
+        if n > MAX_DEQUANT_BYTES {
+            return Err(MetaError::new(
+                ERR_BAD_ARG,
+                format!("{} bytes, more than the {} one meta_dequantize call takes", n, MAX_DEQUANT_BYTES),
+            ));
+        }
+        let (bs, ts) = t.block_size_and_bytes();
+        if n % ts != 0 {
+            return Err(MetaError::new(
+                ERR_BAD_ARG,
+                format!("{} bytes is not a whole number of {:?} blocks of {} bytes", n, t, ts),
+            ));
+        }
+        let count = n / ts * bs;
+        if 4 * count > max {
+            state().last_size = (4 * count).min(i32::MAX as usize) as i32;
+            return Err(MetaError::new(
+                ERR_TOO_SMALL,
+                format!("the result needs {} bytes, the buffer has {}", 4 * count, max),
+            ));
+        }
+        let src = mem(src_ptr, n)?;
+        // an 8-aligned copy: the block structs are read in place
+        let mut aligned: Vec<u64> = Vec::new();
+        aligned.try_reserve_exact((n + 7) / 8).map_err(|_| gguf::oom("the raw blocks"))?;
+        aligned.resize((n + 7) / 8, 0);
+        let bytes = unsafe { core::slice::from_raw_parts_mut(aligned.as_mut_ptr() as *mut u8, n) };
+        bytes.copy_from_slice(src);
+        let mut dst: Vec<f32> = Vec::new();
+        dst.try_reserve_exact(count).map_err(|_| gguf::oom("the f32 output"))?;
+        dst.resize(count, 0.0);
+        kernels::dequantize(t, bytes, &mut dst);
+        let out = mem(out_ptr, 4 * count)?;
+        for (k, v) in dst.iter().enumerate() {
+            out[4 * k..4 * k + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        Ok((4 * count) as i32)
+    })())
 }

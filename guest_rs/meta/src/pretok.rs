@@ -3,7 +3,7 @@
 //! words as llama.cpp's unicode_regex_split does — each regex splitting every piece the previous one
 //! left, matches and the gaps between them all becoming pieces.
 
-use crate::abi::{ERR_INTERNAL, ERR_OOM, ERR_UNSUPPORTED};
+use crate::abi::{ERR_BAD_ARG, ERR_INTERNAL, ERR_OOM, ERR_UNSUPPORTED};
 use crate::regex::{Mode, Regex, RunError, Runner};
 use crate::tables as T;
 use crate::unicode as U;
@@ -141,7 +141,7 @@ impl Pre {
                             Ok(()) => {}
                             Err(RunError::Budget) => {
                                 return Err(MetaError::new(
-                                    ERR_INTERNAL,
+                                    ERR_BAD_ARG,
                                     format!(
                                         "pre-tokenizer {} exceeded its step budget on a piece of {} code points",
                                         self.name,
