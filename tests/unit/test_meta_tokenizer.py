@@ -173,6 +173,12 @@ FAMILY_TEXTS = [
     "<sentinel:12> IMGIMGABCZ x.y,z!?…。，、 $+<=>^~|`",
 ]
 
+# pieces that exercise the regexes' classes and alternatives (random strings of them per family)
+FUZZ_ALPHABET = list(" \n\r\t'0123456789aAbBzZ.,!?$+<=>^~|`-_/\\()[]{}\"#%&*:;@") + [
+    "\u00a0", "\u3000", "é", "ß", "Ω", "ж", "数", "学", "日", "ア", "한", "\u0301", "\u0663", "²", "½", "🦙",
+    "\u2028", "…", "。", "，", "\u200b", "ǅ", "ʰ", "ⅷ", "\x00", "\x0b", "IMGIMG", "Z", "<sentinel:", ">", "    ",
+    "'s", "'LL", "1234"]
+
 
 def _bpe_vocab_gguf(path: Path, pre: str, md) -> Path:
     """A BPE vocabulary over llama.cpp's gpt-2 tokens/merges (metadata `md`) with `tokenizer.ggml.pre` = pre."""
@@ -194,18 +200,33 @@ def _bpe_vocab_gguf(path: Path, pre: str, md) -> Path:
 
 def test_every_pre_tokenizer_value(tmp_path, vocab):
     """One `tokenizer.ggml.pre` value of every (family, flags) combination llama.cpp maps: the same
-    ids and text as the Python oracle."""
+    ids and text as the Python oracle (the file written once, its pre value spliced per case)."""
+    import struct
+
+    import random
+
+    rng = random.Random(12)
     combos: dict = {}
     for pre, (family, flags) in PRE_VALUES.items():
         combos.setdefault((family, tuple(sorted(flags.items()))), pre)
     with GGUFFile(vocab / "ggml-vocab-gpt-2.gguf") as src:
         md = dict(src.metadata)
+    base_path = _bpe_vocab_gguf(tmp_path / "base.gguf", "default", md)
+    base = base_path.read_bytes()
+    with GGUFFile(base_path) as g:
+        md = dict(g.metadata)  # what the spliced files hold, but for the pre value
+    key = b"tokenizer.ggml.pre"
+    at = base.index(struct.pack("<Q", len(key)) + key + struct.pack("<IQ", 8, 7) + b"default")
+    head, tail = base[:at + 8 + len(key) + 4], base[at + 8 + len(key) + 4 + 8 + 7:]
+    path = tmp_path / "v.gguf"
     for (family, _), pre in combos.items():
-        path = _bpe_vocab_gguf(tmp_path / "v.gguf", pre, md)
+        value = pre.encode()
+        path.write_bytes(head + struct.pack("<Q", len(value)) + value + tail)
         m = MetaModule(path)
-        with GGUFFile(path) as g:
-            t = Tokenizer.from_gguf(g)
-        for text in FAMILY_TEXTS:
+        t = Tokenizer.from_metadata({**md, "tokenizer.ggml.pre": pre})
+        assert m.get_string("tokenizer.ggml.pre") == pre
+        for text in FAMILY_TEXTS + ["".join(rng.choice(FUZZ_ALPHABET) for _ in range(rng.randint(1, 40)))
+                                    for _ in range(25)]:
             assert m.tokenize(text) == t.encode(text), (pre, family, text)
             ids = t.encode(text, add_bos=False)
             assert m.detokenize(ids) == t.decode(ids), (pre, text)
