@@ -235,15 +235,17 @@ def test_every_pre_tokenizer_value(tmp_path, vocab):
 
 # -- refusals and hostile input --------------------------------------------------------------------------
 
-def _vocab_gguf(path: Path, model: str, pre: str | None = None, extra=None) -> Path:
+def _vocab_gguf(path: Path, model: str, pre: str | None = None, extra=None, tokens=None, scores=True) -> Path:
     import gguf
 
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_tokenizer_model(model)
     if pre is not None:
         w.add_tokenizer_pre(pre)
-    w.add_token_list(["<unk>", "<s>", "</s>", "a", "b", "ab"])
-    w.add_token_scores([0.0, 0.0, 0.0, -1.0, -1.0, -0.5])
+    if tokens is None:
+        w.add_token_list(["<unk>", "<s>", "</s>", "a", "b", "ab"])
+    if scores:
+        w.add_token_scores([0.0, 0.0, 0.0, -1.0, -1.0, -0.5])
     for key, value in (extra or {}).items():
         w.add_key_value(key, *value)
     w.write_header_to_file()
@@ -266,7 +268,10 @@ def test_refusals_match_python(tmp_path, model, pre, extra, error):
     import gguf
 
     extra = {k: (v, getattr(gguf.GGUFValueType, t)) for k, (v, t) in (extra or {}).items()}
-    path = _vocab_gguf(tmp_path / "v.gguf", model, pre, extra)
+    _check_refusal(_vocab_gguf(tmp_path / "v.gguf", model, pre, extra), error)
+
+
+def _check_refusal(path: Path, error) -> None:
     with GGUFFile(path) as g:
         with pytest.raises(error) as want:
             Tokenizer.from_gguf(g)
@@ -274,8 +279,61 @@ def test_refusals_match_python(tmp_path, model, pre, extra, error):
     with pytest.raises(error) as got:
         m.init_tokenizer()
     assert str(got.value) == str(want.value)
-    if model == "t5":
-        assert "UGM" in str(got.value)
+
+
+def test_t5_names_ugm(tmp_path):
+    m = MetaModule(_vocab_gguf(tmp_path / "v.gguf", "t5"))
+    with pytest.raises(UnsupportedError, match=r"'t5' \(UGM \(T5 unigram\)\)"):
+        m.init_tokenizer()
+
+
+def _arr(values, et):
+    import gguf
+
+    return (values, gguf.GGUFValueType.ARRAY, getattr(gguf.GGUFValueType, et))
+
+
+@pytest.mark.parametrize("case", [
+    "scores_short", "types_float", "types_huge", "scores_strings", "tokens_numeric", "tokens_string",
+    "tokens_duplicate", "merges_numeric", "bos_string", "add_eos_without_eos", "model_int"])
+def test_bad_vocab_metadata_same_message(tmp_path, case):
+    import gguf
+
+    VT = gguf.GGUFValueType
+    extra, tokens, scores, model = {}, None, True, "llama"
+    if case == "scores_short":
+        extra["tokenizer.ggml.scores"], scores = _arr([0.0, 1.0], "FLOAT32"), False
+    elif case == "types_float":
+        extra["tokenizer.ggml.token_type"] = _arr([1.0] * 6, "FLOAT32")
+    elif case == "types_huge":
+        extra["tokenizer.ggml.token_type"] = _arr([1, 1, 1, 2**40, 1, 1], "INT64")
+    elif case == "scores_strings":
+        extra["tokenizer.ggml.scores"], scores = _arr(["a"] * 6, "STRING"), False
+    elif case == "tokens_numeric":
+        extra["tokenizer.ggml.tokens"], tokens = _arr([1, 2, 3], "INT32"), False
+    elif case == "tokens_string":
+        extra["tokenizer.ggml.tokens"], tokens = ("abc", VT.STRING), False
+    elif case == "tokens_duplicate":
+        extra["tokenizer.ggml.tokens"], tokens = _arr(["<unk>", "<s>", "</s>", "a", "b", "a"], "STRING"), False
+    elif case == "merges_numeric":
+        model = "gpt2"
+        extra["tokenizer.ggml.pre"] = ("gpt-2", VT.STRING)
+        extra["tokenizer.ggml.merges"] = _arr([1, 2], "INT32")
+    elif case == "bos_string":
+        extra["tokenizer.ggml.bos_token_id"] = ("1", VT.STRING)
+    elif case == "add_eos_without_eos":
+        extra["tokenizer.ggml.add_eos_token"] = (True, VT.BOOL)
+        extra["tokenizer.ggml.eos_token_id"] = (99, VT.UINT32)
+    path = _vocab_gguf(tmp_path / "v.gguf", model, None, {k: v for k, v in extra.items()}, tokens, scores)
+    if case == "model_int":
+        data = path.read_bytes().replace(b"tokenizer.ggml.model", b"tokenizer.ggml.mode_")
+        path.write_bytes(data)
+    with GGUFFile(path) as g:
+        with pytest.raises((TokenizerError, UnsupportedError)) as want:
+            Tokenizer.from_gguf(g)
+    with pytest.raises(type(want.value)) as got:
+        MetaModule(path).init_tokenizer()
+    assert str(got.value) == str(want.value), case
 
 
 def test_hostile_calls(vocab):

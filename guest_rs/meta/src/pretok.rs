@@ -210,5 +210,10 @@ fn digit_groups(text: &[u32], a: usize, b: usize, out: &mut Vec<Piece>) {
 }
 
 pub fn try_grow<T>(v: &mut Vec<T>, extra: usize) -> Result<(), MetaError> {
-    v.try_reserve(extra).map_err(|_| MetaError::new(ERR_OOM, format!("out of memory for {} more items", extra)))
+    v.try_reserve(extra).map_err(|_| {
+        MetaError::new(
+            ERR_OOM,
+            format!("out of memory ({} more items of {} bytes): raise the module's memory limit", extra, core::mem::size_of::<T>()),
+        )
+    })
 }

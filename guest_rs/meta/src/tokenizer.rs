@@ -153,7 +153,15 @@ fn numeric_array<'a>(g: &'a Gguf, key: &str, n: usize, integer: bool) -> Result<
     let raw: &[u8] = match &a.data {
         ArrayData::Raw(r) => r,
         _ if a.n == 0 => &[],
-        ArrayData::Strings(_) => return Err(tok_error(format!("{} must be a 1-D numeric array (<U)", key))),
+        ArrayData::Strings(t) => {
+            // NumPy's dtype of the list of str: <U + the longest entry in characters (at least 1)
+            let longest = (0..t.len())
+                .map(|i| core::str::from_utf8(t.get(i)).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            return Err(tok_error(format!("{} must be a 1-D numeric array (<U{})", key, longest)));
+        }
         ArrayData::Nested => return Err(tok_error(format!("{} must be a 1-D numeric array (object)", key))),
     };
     if a.n > 0 {
