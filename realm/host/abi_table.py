@@ -34,7 +34,7 @@ _FIELDS: dict[str, tuple[struct.Struct, tuple[str, ...]]] = {
         "abi_version", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
         "context_length", "rope_theta", "rope_theta_local", "rope_freq_scale", "rope_dim", "rope_style",
         "norm_eps", "embed_scale", "attn_scale", "activation", "sliding_window", "sliding_window_pattern",
-        "flags", "final_logit_softcap", "unused[10]")),
+        "flags", "final_logit_softcap", "rope_factors", "rope_orig_ctx", "rope_attn_factor", "unused[7]")),
 }
 
 # The meta module's tensor entry (/work/ref/META_ABI.md): not used by the Python host, so its format lives here.

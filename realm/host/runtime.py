@@ -14,6 +14,7 @@ compiling, linking the tenant's host functions, calls, traps and the memory span
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib
 import itertools
@@ -55,6 +56,14 @@ _INSTALL_HINT = {
 default_runtime = os.environ.get("REALM_RUNTIME", "auto")
 
 _modules: dict[str, "CompiledModule"] = {}
+
+
+@atexit.register
+def _drop_modules() -> None:
+    # Compiled modules outlive everything else in the process; freed by the interpreter's final
+    # garbage collection, after the runtime's own module is torn down, wasmtime-py's finalizers fail
+    # noisily. Dropping them while the runtime is still whole keeps exit quiet.
+    _modules.clear()
 _holder_ids = itertools.count(1)
 
 
