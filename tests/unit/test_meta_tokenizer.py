@@ -373,6 +373,27 @@ def test_hostile_calls(vocab):
     assert m.detokenize(m.tokenize("still fine", add_bos=False)) == "still fine"
 
 
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=40), ids=st.lists(st.integers(-2**31, 2**31 - 1) | st.integers(0, 32100), max_size=8))
+def test_hostile_bytes_and_ids(vocab, data, ids):
+    """Arbitrary bytes: invalid UTF-8 is a TokenizerError, valid UTF-8 tokenizes as the Python
+    tokenizer does; arbitrary ids: out of range is a TokenizerError, else Python's text."""
+    m = meta(vocab / "ggml-vocab-llama-spm.gguf")
+    t = vv.load(vocab, "llama-spm")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        with pytest.raises(TokenizerError, match="not valid UTF-8"):
+            m.tokenize_bytes(data)
+    else:
+        assert m.tokenize_bytes(data, special=True) == t.encode(text, special=True)
+    if all(0 <= i < t.vocab_size for i in ids):
+        assert m.detokenize(ids, special=True) == t.decode(ids, special=True)
+    else:
+        with pytest.raises(TokenizerError):
+            m.detokenize(ids)
+
+
 def test_not_initialised_and_huge_text(vocab):
     m = MetaModule(vocab / "ggml-vocab-llama-spm.gguf")
     assert m.call("meta_vocab_size") == Err.ERR_NOT_INIT
