@@ -219,26 +219,6 @@ enum Frag {
     Token(u32),
 }
 
-fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if needle.is_empty() || from + needle.len() > hay.len() {
-        return None;
-    }
-    let first = needle[0];
-    let last = hay.len() - needle.len();
-    let mut i = from;
-    while i <= last {
-        match hay[i..=last].iter().position(|&b| b == first) {
-            None => return None,
-            Some(k) => i += k,
-        }
-        if &hay[i..i + needle.len()] == needle {
-            return Some(i);
-        }
-        i += 1;
-    }
-    None
-}
-
 /// strtol(digits, 16) of a byte token's "NN" in "<0xNN>" (leading hex digits; none: 0), & 0xFF.
 fn hex_byte(text: &[u8]) -> u8 {
     let digits = if text.len() > 3 { &text[3..text.len().min(5)] } else { &[][..] };
@@ -634,7 +614,8 @@ impl Tokenizer {
             let a = self.attrs[id as usize];
             a & ATTR_PARTITION != 0 && (special || a & ATTR_SPECIAL == 0)
         };
-        let mut present: Vec<u32> = Vec::new();
+        // every occurrence of a matchable token, found in one pass: (id, position)
+        let mut occ: Vec<(u32, u32)> = Vec::new();
         let lens = &self.lens[mode];
         for i in 0..n {
             if !self.first_bytes[mode][t[i] as usize] || t[i] & 0xc0 == 0x80 {
@@ -643,38 +624,51 @@ impl Tokenizer {
             for &l in lens {
                 if i + l <= n {
                     if let Some(id) = self.vocab.get(&t[i..i + l]) {
-                        if matchable(id) && !present.contains(&id) {
-                            present.push(id);
+                        if matchable(id) {
+                            if occ.len() == occ.capacity() {
+                                let more = occ.len().max(64);
+                                try_grow(&mut occ, more)?;
+                            }
+                            occ.push((id, i as u32));
                         }
                     }
                 }
             }
         }
         let mut frags = Vec::new();
-        if present.is_empty() {
+        if occ.is_empty() {
             frags.push(Frag::Text(0, n));
             return Ok(frags);
         }
         let vocab = &self.vocab;
-        present.sort_by(|&a, &b| vocab.text(b).len().cmp(&vocab.text(a).len()).then(a.cmp(&b)));
+        // partition order: longest token first, then lowest id; each token's occurrences left to right
+        occ.sort_unstable_by(|a, b| {
+            vocab.text(b.0).len().cmp(&vocab.text(a.0).len()).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1))
+        });
         let mut claimed: Vec<bool> = Vec::new();
         try_grow(&mut claimed, n)?;
         claimed.resize(n, false);
         let mut starts: Vec<(usize, u32)> = Vec::new();
-        for &tid in &present {
+        let mut k = 0;
+        while k < occ.len() {
+            let tid = occ[k].0;
             let tok = vocab.text(tid);
             let attr = self.attrs[tid as usize];
             let size = tok.len();
             let mut pos = 0;
-            while let Some(p) = find(t, tok, pos) {
-                if let Some(q) = (p..p + size).find(|&k| claimed[k]) {
-                    match (q..n).find(|&k| !claimed[k]) {
-                        Some(next) => {
-                            pos = next;
-                            continue;
-                        }
-                        None => break,
+            let mut done_token = false;
+            while k < occ.len() && occ[k].0 == tid {
+                let p = occ[k].1 as usize;
+                k += 1;
+                if done_token || p < pos {
+                    continue; // the leftmost occurrence at or after pos comes next, as str.find
+                }
+                if let Some(q) = (p..p + size).find(|&j| claimed[j]) {
+                    match (q..n).find(|&j| !claimed[j]) {
+                        Some(next) => pos = next,
+                        None => done_token = true,
                     }
+                    continue;
                 }
                 for c in &mut claimed[p..p + size] {
                     *c = true;
@@ -682,10 +676,10 @@ impl Tokenizer {
                 starts.push((p, tid));
                 pos = p + size;
                 if attr & ATTR_LSTRIP != 0 {
-                    let mut k = p;
-                    while k > 0 && !claimed[k - 1] && c_space(t[k - 1]) {
-                        claimed[k - 1] = true;
-                        k -= 1;
+                    let mut j = p;
+                    while j > 0 && !claimed[j - 1] && c_space(t[j - 1]) {
+                        claimed[j - 1] = true;
+                        j -= 1;
                     }
                 }
                 if attr & ATTR_RSTRIP != 0 {
