@@ -110,6 +110,11 @@ def test_default_model(default_model):
             assert m.detokenize(ids, special) == t.decode(ids, special)
         sd, ms = StreamDecoder(t), m.stream()
         assert [ms.feed(i) for i in ids] + [ms.flush()] == [sd.feed(i) for i in ids] + [sd.flush()]
+    # every special token of the vocabulary in one text, between words: the same partition
+    specials = [t.token_text(i) for i in range(t.vocab_size) if t.is_control(i) or t.token_type(i) in (2, 4)]
+    text = " x ".join(specials[::3]) + "".join(specials[1::3])
+    for special in (False, True):
+        assert m.tokenize(text, special=special) == t.encode(text, special=special)
     assert m.memory_size <= 64 << 20, m.memory_size  # far inside the module's 256 MiB cap
     print(f"default model tokenizer: init {init_s:.2f}s, module memory {m.memory_size >> 20} MiB")
 
