@@ -34,7 +34,7 @@ _FIELDS: dict[str, tuple[struct.Struct, tuple[str, ...]]] = {
         "abi_version", "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
         "context_length", "rope_theta", "rope_theta_local", "rope_freq_scale", "rope_dim", "rope_style",
         "norm_eps", "embed_scale", "attn_scale", "activation", "sliding_window", "sliding_window_pattern",
-        "flags", "final_logit_softcap", "unused[10]")),
+        "flags", "final_logit_softcap", "rope_factors", "rope_orig_ctx", "rope_attn_factor", "unused[7]")),
 }
 
 # The meta module's tensor entry (/work/ref/META_ABI.md): not used by the Python host, so its format lives here.
@@ -78,7 +78,9 @@ def table() -> dict[str, Any]:
         "host_functions": {name: {"params": list(p), "result": r} for name, (p, r) in abi.HOST_FUNCTIONS.items()},
         "structs": {name: _layout(st, names) for name, (st, names) in _FIELDS.items()},
         "config_flags": {"qk_norm": abi.FLAG_QK_NORM, "post_norms": abi.FLAG_POST_NORMS,
-                         "tied_output": abi.FLAG_TIED_OUTPUT},
+                         "tied_output": abi.FLAG_TIED_OUTPUT, "qkv_bias": abi.FLAG_QKV_BIAS,
+                         "attn_output_bias": abi.FLAG_ATTN_OUTPUT_BIAS, "fused_qkv": abi.FLAG_FUSED_QKV,
+                         "fused_gate_up": abi.FLAG_FUSED_GATE_UP},
         "limits": {"max_read_reqs": abi.MAX_READ_REQS, "max_name_bytes": abi.MAX_NAME_BYTES,
                    "log_max_bytes": abi.LOG_MAX_BYTES, "max_peer_tokens": abi.MAX_PEER_TOKENS,
                    "max_peer_outs": abi.MAX_PEER_OUTS, "model_config_size": abi.MODEL_CONFIG_SIZE},
