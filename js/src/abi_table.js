@@ -536,7 +536,11 @@ export default {
  "config_flags": {
   "qk_norm": 1,
   "post_norms": 2,
-  "tied_output": 4
+  "tied_output": 4,
+  "qkv_bias": 8,
+  "attn_output_bias": 16,
+  "fused_qkv": 32,
+  "fused_gate_up": 64
  },
  "limits": {
   "max_read_reqs": 4096,
