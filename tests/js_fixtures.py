@@ -5,28 +5,33 @@
 writes `tiny-llama.gguf` (a synthetic llama model, tests/synth.py), `tiny-llama-foreign.gguf` (the
 same bytes plus padding: other content, for "foreign id" cases) and `tiny-llama.json`: the tensor
 table, the ModelConfigABI bytes and a few metadata strings exactly as realm.gguf / realm.config /
-realm.host.abi produce them, plus greedy tokens of the Python wasm host for a fixed prompt. The
+realm.host.abi produce them, the Python store's content id, gguf-py's dequantization of two tensors,
+plus greedy tokens of the Python wasm host for a fixed prompt. The
 node tests check the meta module's answers and the Node host's tokens against it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # realm from this checkout, installed or not
 
 from synth import make_model  # noqa: E402
 
 from realm.config import ModelConfig  # noqa: E402
 from realm.gguf import GGUFFile  # noqa: E402
 from realm.host import abi  # noqa: E402
+from realm.host.store import content_id  # noqa: E402
 from realm.quants import GGMLType  # noqa: E402
 
 PROMPT_IDS = [1, 260, 300 - 5, 42, 7, 99]  # BOS and a few ids of the tiny vocabulary
 GREEDY_STEPS = 8
+DEQUANTIZED = ("output_norm.weight", "blk.0.attn_q.weight")  # an F32 and a Q8_0 tensor
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE_TABLE = ROOT / "tests" / "data" / "abi_hostile_calls.json"
 
@@ -40,7 +45,18 @@ def describe(path: Path) -> dict:
         cfg = ModelConfig.from_gguf(g)
         strings = {k: g.metadata[k] for k in ("general.architecture", "general.name") if k in g.metadata}
     return {"tensors": tensors, "config_hex": abi.pack_model_config(cfg).hex(), "strings": strings,
-            "size": path.stat().st_size}
+            "size": path.stat().st_size, "python_id": str(content_id(hashlib.sha256(path.read_bytes()).digest())),
+            "dequantized": dequantized(path, DEQUANTIZED)}
+
+
+def dequantized(path: Path, names: tuple[str, ...]) -> dict[str, list[float]]:
+    """gguf-py's NumPy dequantization of a few tensors (f32 values, row-major), the oracle of getTensor."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    by_name = {t.name: t for t in reader.tensors}
+    return {n: [float(x) for x in gguf.quants.dequantize(by_name[n].data, by_name[n].tensor_type).reshape(-1)]
+            for n in names}
 
 
 def python_greedy(path: Path, prompt_ids: list[int], n: int) -> list[int]:

@@ -57,7 +57,7 @@ export async function openFile(file) {
   const st = fs.fstatSync(fd);
   if (!st.isFile()) {
     fs.closeSync(fd);
-    throw new ModelNotFoundError(`model path ${file} is not a regular file`);
+    throw new ModelNotFoundError(`model path ${file} ${st.isDirectory() ? "is a directory, not a GGUF file" : "is not a regular file"}`);
   }
   const size = st.size;
   let closed = false;
