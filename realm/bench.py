@@ -48,6 +48,7 @@ class BenchSettings:
     budgets: tuple[str, ...] = ("default", "resident")  # wasm memory budgets to measure
     startup: bool = True  # measure cold/cached compile in subprocesses
     interleave: bool = True  # round-robin the repeats over all engines (all alive at once)
+    compare_llama_cpp: bool = False  # add llama.cpp rows (realm.bench_llamacpp, one process per thread count)
 
     def validate(self) -> "BenchSettings":
         from realm.engines import ENGINE_NAMES
@@ -137,6 +138,8 @@ _COUNTERS = ("bytes_fetched", "host_calls")
 
 def time_generation(engine, ids: list[int], gen_tokens: int) -> tuple[float, float, dict[str, float]]:
     """(prefill seconds, decode seconds of gen_tokens greedy steps, per-decode-token counter deltas)."""
+    if hasattr(engine, "timed_generation"):  # an engine in another process times itself (llama.cpp)
+        return engine.timed_generation(ids, gen_tokens)
     engine.reset()
     t0 = time.perf_counter()
     logits = engine.eval(ids)
@@ -269,6 +272,8 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
             report.setdefault("startup", {})[name] = startup_times(name)
     variants = [(name, variant, options) for name in settings.engines
                 for variant, options in _variants(name, settings, model)]
+    if settings.compare_llama_cpp:
+        variants += [("llama.cpp", _threads_label(t), {"threads": t}) for t in settings.threads]
     # Interleaved (default): every engine is created first and repeat i of every engine runs before
     # repeat i + 1 of any, so a slow spell of a shared machine hits all engines alike instead of
     # whichever ran then. Sequential: one engine alive at a time (less memory for big models).
@@ -280,8 +285,8 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
                 label = f"{name}[{variant}]" if variant else name
                 progress(f"{label}: creating engine")
                 t0 = time.perf_counter()
-                engine = model.engine(name, n_ctx=n_ctx, **options)
-                run = {"engine": name, "variant": variant, "label": label,
+                engine = _create(model, name, n_ctx, options)
+                run = {"engine": name, "variant": variant, "label": label, "threads": options.get("threads"),
                        "create_seconds": time.perf_counter() - t0}
                 live.append((engine, run, [], []))
                 progress(f"{label}: warm-up")
@@ -308,12 +313,40 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
             for engine, *_ in live:
                 engine.close()
     report["runs"] = runs
+    if settings.compare_llama_cpp:
+        report["llama_cpp_ratios"] = llama_cpp_ratios(runs)
     names = list(logits)
     if len(names) > 1:
         base = "reference" if "reference" in logits else names[0]
         report["agreement"] = {f"{n} vs {base}": agreement(logits[n], logits[base]) for n in names if n != base}
     model.close()
     return report
+
+
+def _create(model, name: str, n_ctx: int, options: dict[str, Any]):
+    if name == "llama.cpp":
+        from realm.bench_llamacpp import LlamaCppRunner
+
+        return LlamaCppRunner(model.path, n_ctx=n_ctx, threads=options["threads"])
+    return model.engine(name, n_ctx=n_ctx, **options)
+
+
+def _threads_label(t: int) -> str:
+    return f"{t} thread{'s' if t > 1 else ''}"
+
+
+def llama_cpp_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each realm run's prefill and decode medians divided by the llama.cpp run with its thread count."""
+    ref = {x["threads"]: x for x in runs if x["engine"] == "llama.cpp"}
+    out = []
+    for run in runs:
+        base = ref.get(run.get("threads"))
+        if base is None or run["engine"] == "llama.cpp":
+            continue
+        out.append({"label": run["label"], "llama_cpp": base["label"],
+                    "prefill": run["prefill_tps"]["median"] / base["prefill_tps"]["median"],
+                    "decode": run["decode_tps"]["median"] / base["decode_tps"]["median"]})
+    return out
 
 
 def _variants(name: str, settings: BenchSettings, model) -> list[tuple[str, dict[str, Any]]]:
@@ -380,6 +413,10 @@ def format_markdown(r: dict[str, Any]) -> str:
         for run in r["runs"]:
             lines.append(f"- {run['label']}: decode ×{run['decode_tps']['median'] / best['decode_tps']['median']:.2f}, "
                          f"prefill ×{run['prefill_tps']['median'] / best['prefill_tps']['median']:.2f}")
+    if r.get("llama_cpp_ratios"):
+        lines += ["", "Ratios to llama.cpp at the same thread count (÷ llama.cpp, prefill / decode):", ""]
+        for x in r["llama_cpp_ratios"]:
+            lines.append(f"- {x['label']}: prefill ×{x['prefill']:.2f}, decode ×{x['decode']:.2f}")
     if r.get("startup"):
         lines += ["", "## Start-up (fresh processes)", "", "| engine | cold s | cached s |", "| --- | ---: | ---: |"]
         for name, s in r["startup"].items():

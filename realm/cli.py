@@ -244,8 +244,12 @@ def _engine_list(ctx, param, value):
 @click.option("--no-startup", is_flag=True, help="Skip the cold/cached start-up measurements.")
 @click.option("--sequential", is_flag=True,
               help="One engine alive at a time (less memory) instead of interleaving the repeats across engines.")
+@click.option("--compare-llama-cpp", is_flag=True,
+              help="Add llama.cpp rows (extra 'llamacpp': llama-cpp-python, its own process per thread count, "
+                   "fed realm's token ids) and the ratios to them.")
 @handle_errors
-def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, no_startup, sequential):
+def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, no_startup, sequential,
+          compare_llama_cpp):
     """Benchmark engines on one model; writes report.json, report.md (and report.png with matplotlib)."""
     from realm.bench import BenchSettings, run_bench, write_report
 
@@ -255,7 +259,7 @@ def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, n
         default_model_path(_Progress("assembling the default model"))
     settings = BenchSettings(model=model, engines=engines, threads=threads, prompt_tokens=prompt_tokens,
                              gen_tokens=gen_tokens, repeat=repeat, out_dir=out_dir, startup=not no_startup,
-                             interleave=not sequential)
+                             interleave=not sequential, compare_llama_cpp=compare_llama_cpp)
     t0 = time.perf_counter()
     report = run_bench(settings, progress=lambda msg: click.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True))
     paths = write_report(report, out_dir)
@@ -264,6 +268,8 @@ def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, n
     for run in report["runs"]:
         click.echo(f"{run['label']:<28} {run['prefill_tps']['median']:>14.1f} {run['decode_tps']['median']:>13.2f} "
                    f"{100 * run['decode_fraction_of_bandwidth']:>12.0f}%")
+    for x in report.get("llama_cpp_ratios", []):
+        click.echo(f"{x['label']} / {x['llama_cpp']}: prefill x{x['prefill']:.2f}, decode x{x['decode']:.2f}")
     for pair, a in report.get("agreement", {}).items():
         click.echo(f"agreement {pair}: max abs diff {a['max_abs_diff']:.4f}, top-1 {100 * a['top1_agreement']:.1f}%")
     click.echo("wrote " + ", ".join(str(p) for p in paths))

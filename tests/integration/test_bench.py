@@ -112,3 +112,41 @@ def test_bench_interleaves_repeats_across_engines(tiny_model, interleave):
                          (labels[1], "create"), (labels[1], "1/2"), (labels[1], "2/2")]
     assert all(r["decode_tps"]["n"] == 2 for r in report["runs"])
     assert report["settings"]["interleave"] is interleave
+
+
+def test_llama_cpp_ratios_pair_runs_by_thread_count():
+    from realm.bench import llama_cpp_ratios
+
+    def run(engine, label, threads, prefill, decode):
+        return {"engine": engine, "label": label, "threads": threads,
+                "prefill_tps": {"median": prefill}, "decode_tps": {"median": decode}}
+
+    runs = [run("numba", "numba[1 thread]", 1, 50.0, 10.0), run("numba", "numba[2 threads]", 2, 90.0, 30.0),
+            run("llama.cpp", "llama.cpp[1 thread]", 1, 100.0, 20.0),
+            run("llama.cpp", "llama.cpp[2 threads]", 2, 100.0, 40.0), run("reference", "reference", None, 1.0, 1.0)]
+    ratios = {x["label"]: x for x in llama_cpp_ratios(runs)}
+    assert set(ratios) == {"numba[1 thread]", "numba[2 threads]"}
+    assert ratios["numba[1 thread]"]["llama_cpp"] == "llama.cpp[1 thread]"
+    assert ratios["numba[2 threads]"]["prefill"] == pytest.approx(0.9)
+    assert ratios["numba[2 threads]"]["decode"] == pytest.approx(0.75)
+
+
+def test_bench_compare_llama_cpp_on_a_tiny_model(tiny_model, tmp_path):
+    """llama.cpp (optional extra `llamacpp`) in its own process, fed realm's ids: a row, ratios and agreement."""
+    pytest.importorskip("llama_cpp")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--model", str(tiny_model), "--engines", "numba", "--threads", "1",
+                                       "--prompt-tokens", "12", "--gen-tokens", "3", "--repeat", "2",
+                                       "--no-startup", "--compare-llama-cpp", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    llama = [r for r in report["runs"] if r["engine"] == "llama.cpp"]
+    assert [r["label"] for r in llama] == ["llama.cpp[1 thread]"]
+    assert llama[0]["decode_tps"]["n"] == 2 and llama[0]["decode_tps"]["min"] > 0
+    assert llama[0]["engine_stats"]["use_extra_bufts"] is False
+    (ratio,) = report["llama_cpp_ratios"]
+    assert ratio["label"] == "numba[1 thread]" and ratio["prefill"] > 0 and ratio["decode"] > 0
+    # same ids in, the same quantized model: llama.cpp rounds activations to 8 bits, so close, not equal
+    agree = report["agreement"]["llama.cpp vs numba"]
+    assert agree["positions"] == 12 and agree["top1_agreement"] >= 0.75 and agree["max_abs_diff_rel"] < 0.1
+    assert "÷ llama.cpp" in (out / "report.md").read_text()

@@ -1,0 +1,193 @@
+"""llama.cpp's row in `realm bench --compare-llama-cpp`: llama-cpp-python in a worker process of its own.
+
+`LlamaCppRunner` (parent side) looks like a realm engine to `realm.bench`: it sends realm's token ids
+to the worker (`python -m realm.bench_llamacpp`), which times prefill and greedy decode inside its
+own process (nothing crosses the pipe inside the timed loop) and writes all-position logits to a
+.npy file for the agreement table. Optional: `pip install 'realm[llamacpp]'` (built from source).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realm.errors import RealmError
+
+LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
+_TAG = "REALM-LLAMACPP "  # prefix of the worker's protocol lines (llama.cpp may print too)
+_REPLY_TIMEOUT_S = 900.0  # one request (model load, one timed run, all-logits pass)
+
+
+def available() -> bool:
+    """True when llama-cpp-python can be imported in this interpreter."""
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class LlamaCppRunner:
+    """A llama.cpp model in a child process, driven with realm's token ids (one instance per thread count)."""
+
+    name = "llama.cpp"
+
+    def __init__(self, model_path: str | Path, n_ctx: int, threads: int):
+        if not available():
+            raise RealmError("--compare-llama-cpp needs llama-cpp-python: pip install 'realm[llamacpp]' "
+                             f"({LLAMA_CPP_PYTHON}, built from source)")
+        self.threads = threads
+        self._log = tempfile.TemporaryFile(mode="w+")  # the worker's stderr, quoted when it fails
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "realm.bench_llamacpp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._log, text=True, bufsize=1)
+        self._stats: dict[str, Any] = {}
+        self._stats = self._request({"op": "load", "model": str(model_path), "n_ctx": n_ctx, "threads": threads})
+
+    def _request(self, msg: dict[str, Any]) -> dict[str, Any]:
+        proc = self._proc
+        if proc.poll() is not None:
+            raise RealmError(f"llama.cpp worker exited with code {proc.returncode}: {self._tail()}")
+        proc.stdin.write(json.dumps(msg) + "\n")
+        proc.stdin.flush()
+        deadline = time.monotonic() + _REPLY_TIMEOUT_S
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+                self.close()
+                raise RealmError(f"llama.cpp worker did not answer {msg['op']!r} within {_REPLY_TIMEOUT_S:.0f} s")
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait(timeout=10)
+                raise RealmError(f"llama.cpp worker exited with code {proc.returncode} during "
+                                 f"{msg['op']!r}: {self._tail()}")
+            if line.startswith(_TAG):
+                reply = json.loads(line[len(_TAG):])
+                if "error" in reply:
+                    raise RealmError(f"llama.cpp worker: {reply['error']}")
+                return reply
+
+    def _tail(self) -> str:
+        self._log.seek(0)
+        lines = [ln for ln in self._log.read().splitlines() if ln.strip()]
+        return " | ".join(lines[-3:]) or "no output"
+
+    # --- the engine-like interface realm.bench uses -----------------------------------------------
+
+    def timed_generation(self, ids: list[int], gen_tokens: int) -> tuple[float, float, dict[str, float]]:
+        """(prefill s, decode s of gen_tokens greedy steps, {}) measured inside the worker."""
+        r = self._request({"op": "run", "ids": [int(i) for i in ids], "gen_tokens": gen_tokens})
+        return r["prefill_s"], r["decode_s"], {}
+
+    def eval(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Logits (T, vocab) of every position of `ids` (from a fresh cache), or (vocab,) of the last."""
+        with tempfile.TemporaryDirectory(prefix="realm-llamacpp-") as tmp:
+            path = os.path.join(tmp, "logits.npy")
+            self._request({"op": "logits", "ids": [int(i) for i in ids], "path": path})
+            logits = np.load(path)  # (T, vocab) float32
+        return logits if all_logits else logits[-1]
+
+    def reset(self) -> None:
+        """Every request starts from an empty cache."""
+
+    def stats(self) -> dict[str, Any]:
+        return {"engine": self.name, "threads": self.threads, **self._stats}
+
+    def close(self) -> None:
+        proc = self._proc
+        if proc.poll() is None:
+            try:
+                proc.stdin.close()
+                proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+        self._log.close()
+
+
+# ------------------------------------------------------------------ worker (child process) ------
+
+
+def _load(model: str, n_ctx: int, threads: int, logits_all: bool = False):
+    import llama_cpp
+    from llama_cpp import llama_cpp as lib
+
+    # `Llama(use_extra_bufts=False)` would land in **kwargs and be ignored: the field is set on the
+    # model params llama-cpp-python builds from `llama_model_default_params()`. Extra buffer types
+    # (weight repacking, AMX) are off because the AMX path crashes on some Xeons; on this machine
+    # the plain CPU path measured as fast (2 threads, default model).
+    default_params = lib.llama_model_default_params
+
+    def params():
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = params
+    try:
+        return llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads,
+                               n_threads_batch=threads, logits_all=logits_all, verbose=False)
+    finally:
+        lib.llama_model_default_params = default_params
+
+
+def _last_logits(llm) -> np.ndarray:
+    from llama_cpp import llama_cpp as lib
+
+    return np.ctypeslib.as_array(lib.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+
+
+def _serve() -> None:
+    out = sys.stdout
+    llm = None
+    spec: dict[str, Any] = {}
+
+    def reply(obj: dict[str, Any]) -> None:
+        out.write(_TAG + json.dumps(obj) + "\n")
+        out.flush()
+
+    for line in sys.stdin:
+        msg = json.loads(line)
+        try:
+            if msg["op"] == "load":
+                spec = {k: msg[k] for k in ("model", "n_ctx", "threads")}
+                t0 = time.perf_counter()
+                llm = _load(**spec)
+                import llama_cpp
+
+                reply({"load_seconds": time.perf_counter() - t0, "llama_cpp_python": llama_cpp.__version__,
+                       "use_extra_bufts": False})
+            elif msg["op"] == "run":
+                ids, n = msg["ids"], msg["gen_tokens"]
+                llm.reset()
+                t0 = time.perf_counter()
+                llm.eval(ids)
+                prefill = time.perf_counter() - t0  # like realm.bench.time_generation: the argmax after
+                token = int(np.argmax(_last_logits(llm)))
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    llm.eval([token])
+                    token = int(np.argmax(_last_logits(llm)))
+                reply({"prefill_s": prefill, "decode_s": time.perf_counter() - t0})
+            elif msg["op"] == "logits":
+                full = _load(**spec, logits_all=True)  # a second context that keeps every position's logits
+                try:
+                    full.eval(msg["ids"])
+                    np.save(msg["path"], np.ascontiguousarray(full.scores[:len(msg["ids"])], np.float32))
+                finally:
+                    full.close()
+                reply({"ok": True})
+            else:
+                reply({"error": f"unknown op {msg['op']!r}"})
+        except Exception as e:  # reported to the parent, which raises RealmError
+            reply({"error": f"{type(e).__name__}: {e}"})
+
+
+if __name__ == "__main__":
+    _serve()
