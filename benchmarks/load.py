@@ -41,7 +41,7 @@ def percentile(xs: list[float], q: float) -> float | None:
 class Outcome:
     """What one request did: timings and how it ended (`kind` "ok" or an error kind)."""
 
-    __slots__ = ("kind", "t_send", "t_first", "t_end", "chunk_times", "completion_tokens", "detail")
+    __slots__ = ("kind", "t_send", "t_first", "t_end", "chunk_times", "completion_tokens", "detail", "counted")
 
     def __init__(self):
         self.kind = "lost"  # overwritten by every path below; left as is only if the client crashed
@@ -51,9 +51,10 @@ class Outcome:
         self.chunk_times: list[float] = []
         self.completion_tokens = 0
         self.detail = ""
+        self.counted = False  # completion_tokens counted from text chunks (the server sent no usage)
 
 
-def one_request(host: str, port: int, path: str, body: dict, headers: dict) -> Outcome:
+def one_request(host: str, port: int, path: str, body: dict, headers: dict, need_usage: bool = True) -> Outcome:
     out = Outcome()
     conn = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT)
     try:
@@ -91,11 +92,14 @@ def one_request(host: str, port: int, path: str, body: dict, headers: dict) -> O
                 if choice.get("finish_reason"):
                     finish = choice["finish_reason"]
         out.t_end = time.perf_counter()
-        if not done or finish is None or usage is None:
+        if not done or finish is None or (usage is None and need_usage):
             out.kind = "incomplete_stream"
             out.detail = f"done={done} finish={finish} usage={usage is not None}"
             return out
-        out.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if usage is not None:
+            out.completion_tokens = int(usage.get("completion_tokens") or 0)
+        else:
+            out.completion_tokens, out.counted = len(out.chunk_times), True
         out.kind = "ok"
         return out
     except (OSError, http.client.HTTPException, ValueError) as e:
@@ -111,7 +115,7 @@ class RssSampler(threading.Thread):
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+        self.pid, self.peak, self.first, self.stop = pid, 0, None, threading.Event()
 
     def run(self):
         while not self.stop.is_set():
@@ -119,7 +123,9 @@ class RssSampler(threading.Thread):
                 with open(f"/proc/{self.pid}/status") as f:
                     for line in f:
                         if line.startswith("VmRSS:"):
-                            self.peak = max(self.peak, int(line.split()[1]) * 1024)
+                            rss = int(line.split()[1]) * 1024
+                            self.peak = max(self.peak, rss)
+                            self.first = rss if self.first is None else self.first
             except OSError:
                 return
             self.stop.wait(0.2)
@@ -127,8 +133,9 @@ class RssSampler(threading.Thread):
 
 def run_phase(args, host, port, n_clients: int) -> dict:
     path = "/v1/chat/completions" if args.chat else "/v1/completions"
-    body = {"model": args.model, "max_tokens": args.max_tokens, "temperature": args.temperature, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {"model": args.model, "max_tokens": args.max_tokens, "temperature": args.temperature, "stream": True}
+    if not args.no_usage:
+        body["stream_options"] = {"include_usage": True}
     if args.chat:
         body["messages"] = [{"role": "user", "content": args.prompt}]
     else:
@@ -145,7 +152,7 @@ def run_phase(args, host, port, n_clients: int) -> dict:
         while time.perf_counter() < t_stop:
             with lock:
                 sent["n"] += 1
-            o = one_request(host, port, path, body, headers)
+            o = one_request(host, port, path, body, headers, need_usage=not args.no_usage)
             with lock:
                 outcomes.append(o)
             if o.kind.startswith("http_503"):
@@ -184,6 +191,8 @@ def run_phase(args, host, port, n_clients: int) -> dict:
         "tokens_per_s": tokens / wall if wall > 0 else 0.0,
         "per_request_decode_tokens_per_s_median": statistics.median(decode) if decode else None,
         "server_peak_rss_bytes": rss.peak if rss else None,
+        "server_rss_start_bytes": rss.first if rss else None,
+        "tokens_counted_from_chunks": sum(o.counted for o in ok),
     }
 
 
@@ -199,6 +208,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chat", action="store_true", help="use /v1/chat/completions")
     ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
     ap.add_argument("--server-pid", type=int, default=None, help="sample this process's peak RSS")
+    ap.add_argument("--no-usage", action="store_true",
+                    help="for servers without stream_options.include_usage: count text chunks as tokens")
     ap.add_argument("--out", default=None, help="write the phases as JSON here")
     args = ap.parse_args(argv)
     u = urlsplit(args.url)

@@ -346,7 +346,14 @@ def serve(models, host, port, parallel, max_queue, memory_budget, api_key_file, 
             server.should_exit = True
         else:
             names = ", ".join(app.state.scheduler.models)
-            click.echo(f"realm: serving {names} on http://{host}:{port} ({engine} engine, {parallel} parallel, "
+            bound = port
+            for _ in range(600):  # --port 0: say the port the OS picked, once uvicorn has bound it
+                if server.started or failed:
+                    break
+                time.sleep(0.05)
+            if server.started and server.servers and server.servers[0].sockets:
+                bound = server.servers[0].sockets[0].getsockname()[1]
+            click.echo(f"realm: serving {names} on http://{host}:{bound} ({engine} engine, {parallel} parallel, "
                        f"queue {max_queue})", err=True)
             if api_key_file is None:
                 click.echo("realm: no --api-key-file: only clients on 127.0.0.1 are served, without keys", err=True)

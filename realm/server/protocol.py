@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator, model_validator
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_STOP_CHARS = 256
@@ -24,6 +24,16 @@ MAX_MESSAGES = 1024
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data):
+        """`"field": null` means the field's default, as in OpenAI's API (clients send nulls for
+        parameters they leave unset); a required field stays required."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items()
+                    if v is not None or k not in cls.model_fields or cls.model_fields[k].is_required()}
+        return data
 
 
 class StreamOptions(_Request):
@@ -35,11 +45,11 @@ class _SamplingFields(_Request):
 
     model: str = Field(min_length=1, max_length=256)
     max_tokens: StrictInt | None = Field(default=None, ge=0, le=MAX_TOKENS_FIELD)
-    temperature: float = Field(default=1.0, ge=0.0, le=100.0, allow_inf_nan=False)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
+    temperature: StrictFloat = Field(default=1.0, ge=0.0, le=100.0, allow_inf_nan=False)
+    top_p: StrictFloat = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     top_k: StrictInt = Field(default=40, ge=0, le=1 << 20)
-    min_p: float = Field(default=0.05, ge=0.0, le=1.0, allow_inf_nan=False)
-    repeat_penalty: float = Field(default=1.0, gt=0.0, le=100.0, allow_inf_nan=False)
+    min_p: StrictFloat = Field(default=0.05, ge=0.0, le=1.0, allow_inf_nan=False)
+    repeat_penalty: StrictFloat = Field(default=1.0, gt=0.0, le=100.0, allow_inf_nan=False)
     seed: StrictInt | None = Field(default=None, ge=0, lt=1 << 64)
     stop: str | list[str] | None = None
     n: StrictInt = Field(default=1, ge=1, le=1)

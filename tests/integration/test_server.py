@@ -81,6 +81,44 @@ def test_models_completion_stream_and_usage(srv):
     assert e.choices[0].text == "the capital of France" + r.choices[0].text
 
 
+def test_finish_reason_stop_on_a_stop_string_streamed_and_not(srv):
+    c = client(srv)
+    full = complete(srv, "the capital of France", 24)
+    k = len(full) // 2
+    stop = full[k:k + 3]
+    assert stop.strip(), full
+    want = full[:full.find(stop)]
+    r = c.completions.create(model="tiny", prompt="the capital of France", max_tokens=24, temperature=0, stop=[stop])
+    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].text == want
+    assert r.usage.completion_tokens < 24
+    chunks = list(c.completions.create(model="tiny", prompt="the capital of France", max_tokens=24, temperature=0,
+                                       stop=stop, stream=True, stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == want
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    # without stream_options.include_usage no chunk carries usage, and none is empty of choices
+    plain = list(c.completions.create(model="tiny", prompt="the capital of France", max_tokens=5, temperature=0,
+                                      stream=True))
+    assert all(ch.usage is None and ch.choices for ch in plain)
+    assert plain[-1].choices[0].finish_reason == "length"
+
+
+def test_null_means_the_default_and_types_are_strict(srv):
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 4, "temperature": 0}
+    want = httpx.post(srv.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+    nulls = {"top_p": None, "top_k": None, "min_p": None, "seed": None, "stop": None, "n": None, "stream": None,
+             "stream_options": None, "user": None, "echo": None, "repeat_penalty": None}
+    r = httpx.post(srv.url + "/v1/completions", json={**body, **nulls}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == want
+    for field, value in [("model", None), ("prompt", None), ("temperature", "0"), ("temperature", False),
+                         ("top_p", "1"), ("seed", 1.5), ("echo", 1)]:
+        r = httpx.post(srv.url + "/v1/completions", json={**body, field: value}, timeout=60)
+        assert r.status_code == 422, (field, value, r.text)
+        assert r.json()["error"]["param"].split(".")[0] == field
+
+
 def test_sse_wire_format(srv):
     with httpx.stream("POST", srv.url + "/v1/completions", timeout=60,
                       json={"model": "tiny", "prompt": "hello", "max_tokens": 3, "stream": True}) as r:
@@ -103,7 +141,12 @@ def test_eight_concurrent_clients_get_their_solo_text(srv):
 
     def work(i):
         start.wait()
-        together[i] = complete(srv, PROMPTS[i])
+        if i % 2:  # half of them stream
+            chunks = client(srv).completions.create(model="tiny", prompt=PROMPTS[i], max_tokens=24, temperature=0,
+                                                    stream=True)
+            together[i] = "".join(ch.choices[0].text for ch in chunks if ch.choices)
+        else:
+            together[i] = complete(srv, PROMPTS[i])
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(PROMPTS))]
     for t in threads:

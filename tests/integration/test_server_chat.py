@@ -72,6 +72,22 @@ def test_chat_completion_streamed_and_not(chat_srv):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
 
 
+def test_chat_finish_reason_stop_on_a_stop_string(chat_srv):
+    c = client(chat_srv)
+    full = c.chat.completions.create(model="chat", messages=HI, max_tokens=16, temperature=0).choices[0].message.content
+    k = len(full) // 2
+    stop = full[k:k + 3]
+    assert stop.strip(), full
+    want = full[:full.find(stop)]
+    r = c.chat.completions.create(model="chat", messages=HI, max_tokens=16, temperature=0, stop=[stop])
+    assert r.choices[0].finish_reason == "stop" and r.choices[0].message.content == want
+    assert r.usage.completion_tokens < 16
+    chunks = list(c.chat.completions.create(model="chat", messages=HI, max_tokens=16, temperature=0, stop=stop,
+                                            stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == want
+    assert chunks[-1].choices[0].finish_reason == "stop" and all(ch.usage is None for ch in chunks)
+
+
 def test_hostile_and_missing_templates_get_400_and_the_server_keeps_serving(chat_srv):
     c = client(chat_srv)
     for model in ("evil", "loop", "plain"):
