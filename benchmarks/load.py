@@ -6,7 +6,7 @@ For each client count (a phase), N threads send streaming `/v1/completions` (or 
 back to back for `--duration` seconds, then finish what they started. Reports per phase: requests
 ok and errors by kind (HTTP status, error chunk, broken stream, connection), time to first token
 and inter-token latency (p50/p99), request and completion-token throughput, the server's peak RSS
-when `--server-pid` is given, and a check that nothing was lost (every request sent has exactly one
+and CPU use (cores busy on average) when `--server-pid` is given, and a check that nothing was lost (every request sent has exactly one
 outcome; every completed stream ended with a finish_reason, its usage and `[DONE]`). Prints one JSON
 line per phase and writes everything to `--out` (JSON). Only 127.0.0.1 / localhost URLs are accepted.
 Standard library only, so it runs against any server (realm, llama-cpp-python, llama.cpp).
@@ -110,24 +110,36 @@ def one_request(host: str, port: int, path: str, body: dict, headers: dict, need
         conn.close()
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads) so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class RssSampler(threading.Thread):
-    """Peak VmRSS of a process, sampled every 0.2 s."""
+    """Peak VmRSS of a process (and its anonymous / file-backed parts at that peak), every 0.2 s."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.peak, self.first, self.stop = pid, 0, None, threading.Event()
+        self.parts: dict[str, int] = {}
 
     def run(self):
         while not self.stop.is_set():
             try:
                 with open(f"/proc/{self.pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            rss = int(line.split()[1]) * 1024
-                            self.peak = max(self.peak, rss)
-                            self.first = rss if self.first is None else self.first
-            except OSError:
+                    status = {k: int(v.split()[0]) * 1024 for k, _, v in (ln.partition(":") for ln in f)
+                              if k in ("VmRSS", "RssAnon", "RssFile")}
+            except (OSError, ValueError):
                 return
+            rss = status.get("VmRSS", 0)
+            self.first = rss if self.first is None else self.first
+            if rss > self.peak:
+                self.peak, self.parts = rss, status
             self.stop.wait(0.2)
 
 
@@ -161,6 +173,7 @@ def run_phase(args, host, port, n_clients: int) -> dict:
     rss = RssSampler(args.server_pid) if args.server_pid else None
     if rss:
         rss.start()
+    cpu0 = cpu_seconds(args.server_pid) if args.server_pid else None
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n_clients)]
     for t in threads:
@@ -168,6 +181,7 @@ def run_phase(args, host, port, n_clients: int) -> dict:
     for t in threads:
         t.join(args.duration + REQUEST_TIMEOUT + 10)
     wall = time.perf_counter() - t0
+    cpu1 = cpu_seconds(args.server_pid) if args.server_pid else None
     if rss:
         rss.stop.set()
         rss.join()
@@ -192,6 +206,9 @@ def run_phase(args, host, port, n_clients: int) -> dict:
         "per_request_decode_tokens_per_s_median": statistics.median(decode) if decode else None,
         "server_peak_rss_bytes": rss.peak if rss else None,
         "server_rss_start_bytes": rss.first if rss else None,
+        "server_rss_at_peak": rss.parts if rss else None,
+        "server_cpu_cores": (cpu1 - cpu0) / wall if cpu0 is not None and cpu1 is not None and wall > 0 else None,
+        "machine_loadavg_end": os.getloadavg(),
         "tokens_counted_from_chunks": sum(o.counted for o in ok),
     }
 
