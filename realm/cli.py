@@ -170,6 +170,8 @@ def run(prompt, model, engine, max_tokens, temperature, top_k, top_p, min_p, rep
     options = {}
     if engine in ("numba", "wasm") and threads is not None:
         options["threads"] = threads
+    if engine == "numba":
+        options["progress"] = lambda msg: click.echo(msg, err=True)
     if engine == "wasm":
         options["memory_budget"] = memory_budget
         options["runtime"] = runtime
@@ -402,6 +404,8 @@ def chat(model, system, template_name, template_file, engine, max_tokens, temper
     options = {}
     if engine in ("numba", "wasm") and threads is not None:
         options["threads"] = threads
+    if engine == "numba":
+        options["progress"] = lambda msg: click.echo(msg, err=True)
     if engine == "wasm":
         options["memory_budget"] = memory_budget
     if ctx is not None and m.config is not None and ctx > m.config.context_length:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numba
 import numpy as np
@@ -72,8 +72,12 @@ class NumbaEngine:
 
     name = "numba"
 
-    def __init__(self, gguf_file, config: ModelConfig, n_ctx: int = DEFAULT_CTX, threads: int | None = None):
-        """`threads`: Numba threads used by this engine's kernels (set around each `eval`, then restored)."""
+    def __init__(self, gguf_file, config: ModelConfig, n_ctx: int = DEFAULT_CTX, threads: int | None = None,
+                 progress: Callable[[str], None] | None = None, warm: bool = True):
+        """`threads`: Numba threads used by this engine's kernels (set around each `eval`, then restored).
+        `warm`: compile (or load from Numba's cache) the kernels of this model's tensor types now, on
+        two cores when the cache is cold (realm.kernels.warm), telling `progress` when that takes a while;
+        otherwise the first prompt compiles them."""
         if n_ctx <= 0:
             raise RealmError(f"n_ctx must be positive, got {n_ctx}")
         if threads is not None and not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
@@ -152,6 +156,13 @@ class NumbaEngine:
         self._decode = Buffers(c, 1)
         self.n_past = 0
         self._stats = {"prefill_tokens": 0, "prefill_s": 0.0, "decode_tokens": 0, "decode_s": 0.0}
+        self.warm_seconds = 0.0
+        if warm:
+            from realm.kernels.warm import warm as warm_kernels
+
+            types = {m[1] for L in self.layers for m in (L.attn_q, L.attn_k, L.attn_v, L.attn_output, L.ffn_gate,
+                                                          L.ffn_up, L.ffn_down)} | {self.output[1]}
+            self.warm_seconds = warm_kernels(types, embedding=self.token_embd[1], progress=progress)["seconds"]
 
     # --- interface ----------------------------------------------------------------------------------
 
@@ -166,7 +177,7 @@ class NumbaEngine:
         for kind in ("prefill", "decode"):
             s[kind + "_tok_s"] = s[kind + "_tokens"] / s[kind + "_s"] if s[kind + "_s"] > 0 else 0.0
         return {"engine": self.name, "threads": self.threads, "n_past": self.n_past, "n_ctx": self.n_ctx,
-                "weight_bytes": self.weight_bytes, "bytes_per_token": self.bytes_per_token, **s}
+                "warm_s": self.warm_seconds, "weight_bytes": self.weight_bytes, "bytes_per_token": self.bytes_per_token, **s}
 
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Append `ids` to the cache; logits (vocab,) of the last position, or (T, vocab) of every one."""

@@ -1105,64 +1105,369 @@ def _matvec_serial(kind, w, tbl, x, out, bpb, m_off, qh_off, qs_off, bias):
 # ---------------------------------------------------------------------------------------------
 
 
-@pjit(fastmath=_FAST)
-def _matmul_generic(kind, w, tbl, x, out):
-    """out (T, rows) = x (T, cols) @ dequant(w (rows, row_bytes)).T, parallel over row tiles."""
-    rows = w.shape[0]
+@jit(fastmath=_FAST)
+def _tile_dots(tile, x, out, lo, hi):
+    """out[t, lo:hi] = tile[:hi-lo] @ x[t] for every token t: two tokens x four rows per micro-tile."""
     n_tok = x.shape[0]
-    cols = x.shape[1]
-    n_tiles = (rows + _TILE_ROWS - 1) // _TILE_ROWS
-    for c in prange(n_tiles):
+    n_full = (hi - lo) // 4 * 4
+    t = 0
+    while t + 2 <= n_tok:  # two tokens x four rows per micro-tile
+        xt = x[t]
+        yt = x[t + 1]
+        ot = out[t]
+        pt = out[t + 1]
+        for k in range(0, n_full, 4):
+            s00, s01, s10, s11, s20, s21, s30, s31 = _dot4x2(
+                tile[k], tile[k + 1], tile[k + 2], tile[k + 3], xt, yt)
+            ot[lo + k] = s00
+            pt[lo + k] = s01
+            ot[lo + k + 1] = s10
+            pt[lo + k + 1] = s11
+            ot[lo + k + 2] = s20
+            pt[lo + k + 2] = s21
+            ot[lo + k + 3] = s30
+            pt[lo + k + 3] = s31
+        t += 2
+    for t in range(n_tok):
+        xt = x[t]
+        ot = out[t]
+        if t == n_tok - 1 and n_tok % 2 == 1:
+            for k in range(0, n_full, 4):
+                s0, s1, s2, s3 = _dot4(tile[k], tile[k + 1], tile[k + 2], tile[k + 3], xt)
+                ot[lo + k] = s0
+                ot[lo + k + 1] = s1
+                ot[lo + k + 2] = s2
+                ot[lo + k + 3] = s3
+        for k in range(n_full, hi - lo):
+            ot[lo + k] = _dot1(tile[k], xt)
+
+
+# Prefill matmul, one driver per type (a `kind` switch would compile all thirteen dequantizers
+# into every model's first prompt): out (T, rows) = x (T, cols) @ dequant(w (rows, row_bytes)).T,
+# parallel over tiles of _TILE_ROWS rows, each tile dequantized once for all T tokens.
+@pjit(fastmath=_FAST)
+def _matmul_f32(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
         tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
         lo = c * _TILE_ROWS
         hi = min(rows, lo + _TILE_ROWS)
         for k in range(hi - lo):
-            _dequantize_row(kind, w[lo + k], tbl, tile[k])
-        n_full = (hi - lo) // 4 * 4
-        t = 0
-        while t + 2 <= n_tok:  # two tokens x four rows per micro-tile
-            xt = x[t]
-            yt = x[t + 1]
-            ot = out[t]
-            pt = out[t + 1]
-            for k in range(0, n_full, 4):
-                s00, s01, s10, s11, s20, s21, s30, s31 = _dot4x2(
-                    tile[k], tile[k + 1], tile[k + 2], tile[k + 3], xt, yt)
-                ot[lo + k] = s00
-                pt[lo + k] = s01
-                ot[lo + k + 1] = s10
-                pt[lo + k + 1] = s11
-                ot[lo + k + 2] = s20
-                pt[lo + k + 2] = s21
-                ot[lo + k + 3] = s30
-                pt[lo + k + 3] = s31
-            t += 2
-        for t in range(n_tok):
-            xt = x[t]
-            ot = out[t]
-            if t == n_tok - 1 and n_tok % 2 == 1:
-                for k in range(0, n_full, 4):
-                    s0, s1, s2, s3 = _dot4(tile[k], tile[k + 1], tile[k + 2], tile[k + 3], xt)
-                    ot[lo + k] = s0
-                    ot[lo + k + 1] = s1
-                    ot[lo + k + 2] = s2
-                    ot[lo + k + 3] = s3
-            for k in range(n_full, hi - lo):
-                ot[lo + k] = _dot1(tile[k], xt)
+            _dq_row_f32(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
 
 
-@pjit
-def _get_rows(kind, w, tbl, ids, out):
-    """out (n, cols) = dequant(w[ids]) for ids (n,) int64 (validated), parallel over ids."""
-    for i in prange(ids.shape[0]):
-        _dequantize_row(kind, w[ids[i]], tbl, out[i])
+@pjit(fastmath=_FAST)
+def _matmul_f16(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_f16(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_bf16(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_bf16(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q4_0(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q4_0(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q4_1(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q4_1(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q5_0(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q5_0(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q5_1(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q5_1(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q8_0(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q8_0(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q2_k(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q2_k(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q3_k(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q3_k(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q4_k(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q4_k(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q5_k(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q5_k(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+@pjit(fastmath=_FAST)
+def _matmul_q6_k(w, tbl, x, out):
+    rows, cols = w.shape[0], x.shape[1]
+    for c in prange((rows + _TILE_ROWS - 1) // _TILE_ROWS):
+        tile = np.empty((_TILE_ROWS, cols), np.float32)  # (TILE_ROWS, cols)
+        lo = c * _TILE_ROWS
+        hi = min(rows, lo + _TILE_ROWS)
+        for k in range(hi - lo):
+            _dq_row_q6_k(w[lo + k], tbl, tile[k])
+        _tile_dots(tile, x, out, lo, hi)
+
+
+_MATMUL = {
+    GGMLType.F32: _matmul_f32, GGMLType.F16: _matmul_f16, GGMLType.BF16: _matmul_bf16,
+    GGMLType.Q4_0: _matmul_q4_0, GGMLType.Q4_1: _matmul_q4_1, GGMLType.Q5_0: _matmul_q5_0,
+    GGMLType.Q5_1: _matmul_q5_1, GGMLType.Q8_0: _matmul_q8_0, GGMLType.Q2_K: _matmul_q2_k,
+    GGMLType.Q3_K: _matmul_q3_k, GGMLType.Q4_K: _matmul_q4_k, GGMLType.Q5_K: _matmul_q5_k,
+    GGMLType.Q6_K: _matmul_q6_k,
+}
+
+
+# One get_rows per type, so a model compiles only the dequantizers of its own types (a `kind`
+# switch would compile all thirteen). Serial: an embedding lookup is a few rows.
+@jit
+def _get_rows_f32(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_f32(w[ids[i]], tbl, out[i])
 
 
 @jit
-def _get_rows_serial(kind, w, tbl, ids, out):
-    """Like `_get_rows` on the calling thread (a decode step looks up one row)."""
+def _get_rows_f16(w, tbl, ids, out):
     for i in range(ids.shape[0]):
-        _dequantize_row(kind, w[ids[i]], tbl, out[i])
+        _dq_row_f16(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_bf16(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_bf16(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q4_0(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q4_0(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q4_1(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q4_1(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q5_0(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q5_0(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q5_1(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q5_1(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q8_0(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q8_0(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q2_k(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q2_k(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q3_k(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q3_k(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q4_k(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q4_k(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q5_k(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q5_k(w[ids[i]], tbl, out[i])
+
+
+@jit
+def _get_rows_q6_k(w, tbl, ids, out):
+    for i in range(ids.shape[0]):
+        _dq_row_q6_k(w[ids[i]], tbl, out[i])
+
+
+_GET_ROWS = {
+    GGMLType.F32: _get_rows_f32, GGMLType.F16: _get_rows_f16, GGMLType.BF16: _get_rows_bf16,
+    GGMLType.Q4_0: _get_rows_q4_0, GGMLType.Q4_1: _get_rows_q4_1, GGMLType.Q5_0: _get_rows_q5_0,
+    GGMLType.Q5_1: _get_rows_q5_1, GGMLType.Q8_0: _get_rows_q8_0, GGMLType.Q2_K: _get_rows_q2_k,
+    GGMLType.Q3_K: _get_rows_q3_k, GGMLType.Q4_K: _get_rows_q4_k, GGMLType.Q5_K: _get_rows_q5_k,
+    GGMLType.Q6_K: _get_rows_q6_k,
+}
+
+
+# matvec drivers per fused family (Q8_0, the legacy 4/5-bit types, Q4_K, Q5_K, Q6_K), so a model
+# compiles only its own; `_matvec_parallel` / `_matvec_serial` (every kind) remain for the rest.
+@pjit(fastmath=_FAST)
+def _matvec_parallel_q8_0(w, tbl, x, out):
+    rows = w.shape[0]
+    for c in prange((rows + _ROW_CHUNK - 1) // _ROW_CHUNK):
+        lo = c * _ROW_CHUNK
+        _matvec_rows_q8_0(w, tbl, x, out, lo, min(rows, lo + _ROW_CHUNK))
+
+
+@jit(fastmath=_FAST)
+def _matvec_serial_q8_0(w, tbl, x, out):
+    _matvec_rows_q8_0(w, tbl, x, out, 0, w.shape[0])
+
+
+@pjit(fastmath=_FAST)
+def _matvec_parallel_q4q5(w, tbl, x, out, bpb, m_off, qh_off, qs_off, bias):
+    rows = w.shape[0]
+    xs = _block_sums(x, 32)  # (cols/32,)
+    for c in prange((rows + _ROW_CHUNK - 1) // _ROW_CHUNK):
+        lo = c * _ROW_CHUNK
+        _matvec_rows_q4q5(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), bpb, m_off, qh_off, qs_off, bias)
+
+
+@jit(fastmath=_FAST)
+def _matvec_serial_q4q5(w, tbl, x, out, bpb, m_off, qh_off, qs_off, bias):
+    xs = _block_sums(x, 32)  # (cols/32,)
+    _matvec_rows_q4q5(w, tbl, x, xs, out, 0, w.shape[0], bpb, m_off, qh_off, qs_off, bias)
+
+
+@pjit(fastmath=_FAST)
+def _matvec_parallel_q4_k(w, tbl, x, out):
+    rows = w.shape[0]
+    xs = _block_sums(x, 32)  # (cols/32,)
+    for c in prange((rows + _ROW_CHUNK - 1) // _ROW_CHUNK):
+        lo = c * _ROW_CHUNK
+        _matvec_rows_q4_k(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), np.empty((4, 8), np.float32))
+
+
+@jit(fastmath=_FAST)
+def _matvec_serial_q4_k(w, tbl, x, out):
+    _matvec_rows_q4_k(w, tbl, x, _block_sums(x, 32), out, 0, w.shape[0], np.empty((4, 8), np.float32))
+
+
+@pjit(fastmath=_FAST)
+def _matvec_parallel_q5_k(w, tbl, x, out):
+    rows = w.shape[0]
+    xs = _block_sums(x, 32)  # (cols/32,)
+    for c in prange((rows + _ROW_CHUNK - 1) // _ROW_CHUNK):
+        lo = c * _ROW_CHUNK
+        _matvec_rows_q5_k(w, tbl, x, xs, out, lo, min(rows, lo + _ROW_CHUNK), np.empty((4, 8), np.float32))
+
+
+@jit(fastmath=_FAST)
+def _matvec_serial_q5_k(w, tbl, x, out):
+    _matvec_rows_q5_k(w, tbl, x, _block_sums(x, 32), out, 0, w.shape[0], np.empty((4, 8), np.float32))
+
+
+@pjit(fastmath=_FAST)
+def _matvec_parallel_q6_k(w, tbl, x, out):
+    rows = w.shape[0]
+    for c in prange((rows + _ROW_CHUNK - 1) // _ROW_CHUNK):
+        lo = c * _ROW_CHUNK
+        _matvec_rows_q6_k(w, tbl, x, out, lo, min(rows, lo + _ROW_CHUNK))
+
+
+@jit(fastmath=_FAST)
+def _matvec_serial_q6_k(w, tbl, x, out):
+    _matvec_rows_q6_k(w, tbl, x, out, 0, w.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1173,6 +1478,12 @@ def _get_rows_serial(kind, w, tbl, ids, out):
 # GGMLType (or its int value) -> (GGMLType, kind, elements per block, bytes per block)
 _TYPE_INFO: dict[GGMLType, tuple[GGMLType, int, int, int]] = {
     t: (t, kind) + block_size_and_bytes(t) for t, kind in _KINDS.items()
+}
+
+
+_FAMILY_MATVEC = {
+    _K_Q8_0: (_matvec_parallel_q8_0, _matvec_serial_q8_0), _K_Q4_K: (_matvec_parallel_q4_k, _matvec_serial_q4_k),
+    _K_Q5_K: (_matvec_parallel_q5_k, _matvec_serial_q5_k), _K_Q6_K: (_matvec_parallel_q6_k, _matvec_serial_q6_k),
 }
 
 
@@ -1246,11 +1557,34 @@ def matvec(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarr
     bpb, m_off, qh_off, qs_off, bias = _Q4Q5_PARAMS.get(kind, _NO_Q4Q5)
     if parallel is None:
         parallel = w_rows.nbytes >= PARALLEL_MIN_BYTES
-    if parallel:
-        _matvec_parallel(kind, w_rows, F16_TABLE, x, out, bpb, m_off, qh_off, qs_off, bias)
+    w = _readonly(w_rows)
+    if bpb:
+        (_matvec_parallel_q4q5 if parallel else _matvec_serial_q4q5)(
+            w, F16_TABLE, x, out, bpb, m_off, qh_off, qs_off, bias)
+    elif kind in _FAMILY_MATVEC:
+        _FAMILY_MATVEC[kind][0 if parallel else 1](w, F16_TABLE, x, out)
+    elif parallel:
+        _matvec_parallel(kind, w, F16_TABLE, x, out, bpb, m_off, qh_off, qs_off, bias)
     else:
-        _matvec_serial(kind, w_rows, F16_TABLE, x, out, bpb, m_off, qh_off, qs_off, bias)
+        _matvec_serial(kind, w, F16_TABLE, x, out, bpb, m_off, qh_off, qs_off, bias)
     return out
+
+
+def matvec_driver(ggml_type: GGMLType):
+    """The parallel matvec kernel `matvec` runs for this type (for cache checks, realm.kernels.warm)."""
+    kind = _kind(ggml_type)[1]
+    if _Q4Q5_PARAMS.get(kind, _NO_Q4Q5)[0]:
+        return _matvec_parallel_q4q5
+    return _FAMILY_MATVEC[kind][0] if kind in _FAMILY_MATVEC else _matvec_parallel
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view, so kernels see one array type whatever the caller passes (fewer compiles)."""
+    if not a.flags.writeable:
+        return a
+    v = a.view()
+    v.flags.writeable = False
+    return v
 
 
 def matmul(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -1271,7 +1605,7 @@ def matmul(w_rows: np.ndarray, ggml_type: GGMLType, x: np.ndarray, out: np.ndarr
     _check_weights(w_rows, info, x.shape[1])
     _check_out(out, (x.shape[0], w_rows.shape[0]))
     if x.shape[0] and w_rows.shape[0]:
-        _matmul_generic(kind, w_rows, F16_TABLE, x, out)
+        _MATMUL[info[0]](_readonly(w_rows), F16_TABLE, x, out)
     return out
 
 
@@ -1295,10 +1629,8 @@ def get_rows(w_rows: np.ndarray, ggml_type: GGMLType, ids, out: np.ndarray) -> n
     if ids.size and (ids.min() < 0 or ids.max() >= w_rows.shape[0]):
         bad = ids[(ids < 0) | (ids >= w_rows.shape[0])][0]
         raise KernelArgumentError(f"row id {bad} out of range [0, {w_rows.shape[0]})")
-    if out.nbytes >= PARALLEL_MIN_BYTES:
-        _get_rows(kind, w_rows, F16_TABLE, ids, out)
-    elif ids.size:
-        _get_rows_serial(kind, w_rows, F16_TABLE, ids, out)
+    if ids.size:
+        _GET_ROWS[info[0]](_readonly(w_rows), F16_TABLE, ids, out)
     return out
 
 
@@ -1332,4 +1664,3 @@ def warmup() -> None:
                     matvec(w, t, x, np.empty(rows, np.float32), parallel=parallel)
                 matmul(w, t, np.ones((2, cols), np.float32), np.empty((2, rows), np.float32))
                 get_rows(w, t, [0], np.empty((1, cols), np.float32))
-                _get_rows(_KINDS[t], w, F16_TABLE, np.zeros(1, np.int64), np.empty((1, cols), np.float32))

@@ -142,17 +142,18 @@ def qk_rope_store(q, k, v, q_norm, k_norm, qk_norm, eps, cos, sin, style, key_ca
     """
     T, n_heads, head_dim = q.shape
     n_kv = k.shape[1]
-    if qk_norm:
-        q2 = q.reshape(T * n_heads, head_dim)
-        k2 = k.reshape(T * n_kv, head_dim)
-        rmsnorm(q2, q_norm, eps, q2)
-        rmsnorm(k2, k_norm, eps, k2)
+    if qk_norm:  # per token: q[t] (n_heads, head_dim) is C-contiguous (no reshape: cheaper to compile)
+        for t in range(T):
+            rmsnorm(q[t], q_norm, eps, q[t])
+            rmsnorm(k[t], k_norm, eps, k[t])
     rope(q, cos, sin, style)
     rope(k, cos, sin, style)
-    for t in range(T):
+    for t in range(T):  # element loops: a slice assignment compiles Numba's shape-mismatch error path
         for h in range(n_kv):
-            key_cache[h, pos0 + t, :] = k[t, h]
-            value_cache[h, pos0 + t, :] = v[t, h]
+            kd, vd, ks, vs = key_cache[h, pos0 + t], value_cache[h, pos0 + t], k[t, h], v[t, h]
+            for i in range(head_dim):
+                kd[i] = ks[i]
+                vd[i] = vs[i]
 
 
 def qk_rope_store_ref(q, k, v, q_norm, k_norm, qk_norm, eps, cos, sin, style, key_cache, value_cache, pos0):
