@@ -6,7 +6,8 @@ compiles exactly the kernels one model's tensor types need, through the same pub
 engine calls (so the argument types, and hence the cached specializations, are the engine's):
 
     from realm.kernels.warm import warm
-    warm({GGMLType.Q4_K, GGMLType.Q6_K}, embedding=GGMLType.Q8_0, progress=print)
+    warm({GGMLType.Q5_0, GGMLType.Q6_K}, embedding=GGMLType.Q8_0, packed={GGMLType.Q5_0, GGMLType.Q6_K},
+         output=GGMLType.Q8_0, progress=print)
 
 When some kernel has no cache entry yet and the machine has a second core, a worker process
 compiles about half of the kernels into the shared cache while this process compiles the rest;
@@ -34,13 +35,25 @@ Progress = Callable[[str], None]
 
 # Rough compile seconds of each task on this project's 2-core reference machine (cold cache),
 # used only to balance the two halves.
-_COST = {"matmul": 2.5, "matvec": 4.0, "get_rows": 1.2, "ops": 8.0}
+_COST = {"matmul": 2.5, "matvec": 4.0, "get_rows": 1.2, "ops": 8.0, "repack": 2.5, "int8": 4.0}
 
 
-def tasks_for(types: Iterable[GGMLType], embedding: GGMLType) -> list[str]:
-    """Task names ("matmul:Q4_K", "matvec:Q4_K", "get_rows:Q8_0", "ops") for a model's matrix types."""
-    names = sorted({GGMLType(t).name for t in types})
-    return ["ops", f"get_rows:{GGMLType(embedding).name}"] + [f"{k}:{n}" for n in names for k in ("matvec", "matmul")]
+def tasks_for(types: Iterable[GGMLType], embedding: GGMLType, packed: Iterable[GGMLType] = (),
+              output: GGMLType | None = None) -> list[str]:
+    """Task names ("matmul:Q4_K", "matvec:Q4_K", "repack:Q4_K", "int8", "get_rows:Q8_0", "ops") for a
+    model's layer matrix types; a `packed` type decodes through its int8 copy (repack + int8 matvec);
+    the `output` matrix is multiplied by `matvec` always (and by `matmul` for all-position logits)."""
+    names = sorted({GGMLType(t).name for t in types} | ({GGMLType(output).name} if output is not None else set()))
+    packed_names = {GGMLType(t).name for t in packed}
+    out_name = GGMLType(output).name if output is not None else None
+    tasks = ["ops", f"get_rows:{GGMLType(embedding).name}"] + (["int8"] if packed_names else [])
+    for n in names:
+        if n in packed_names:
+            tasks.append(f"repack:{n}")
+        if n not in packed_names or n == out_name:
+            tasks.append(f"matvec:{n}")
+        tasks.append(f"matmul:{n}")
+    return tasks
 
 
 def _rows(t: GGMLType, rows: int) -> tuple[np.ndarray, int]:
@@ -60,6 +73,15 @@ def run_task(name: str) -> None:
     if name == "ops":
         ops.warmup()
         return
+    if name == "int8":
+        from realm.kernels import int8rows as ir
+
+        m = ir.Int8Rows(np.zeros((6, 64), np.int8), np.zeros((6, 2), np.float32), np.zeros((6, 2), np.float32),
+                        32, GGMLType.Q4_K)  # every type's Int8Rows has these array types
+        for parallel in (False, True):
+            ir.matvec_int8(m, np.ones(64, np.float32), np.empty(6, np.float32), parallel=parallel)
+        ir.matmul_int8(m, np.ones((2, 64), np.float32), np.empty((2, 6), np.float32))
+        return
     kind, _, tname = name.partition(":")
     try:
         t = GGMLType[tname]
@@ -73,6 +95,10 @@ def run_task(name: str) -> None:
         mv.matmul(w, t, np.ones((2, cols), np.float32), np.empty((2, 6), np.float32))
     elif kind == "get_rows":
         mv.get_rows(w, t, np.zeros(1, np.int64), np.empty((1, cols), np.float32))
+    elif kind == "repack":
+        from realm.kernels import int8rows
+
+        int8rows.repack(w, t)
     else:
         raise RealmError(f"warm: unknown task {name!r}")
 
@@ -81,10 +107,16 @@ def _dispatchers(name: str) -> list:
     from realm.kernels import matvec as mv
     from realm.kernels import ops
 
+    from realm.kernels import int8rows
+
     if name == "ops":
         return [ops.qk_rope_store, ops.attention, ops.residual_norm, ops.gated_act]
+    if name == "int8":
+        return [int8rows._matvec_serial, int8rows._matvec_parallel, int8rows._matmul]
     kind, _, tname = name.partition(":")
     t = GGMLType[tname]
+    if kind == "repack":
+        return [int8rows.repack_kernel(t)]
     if kind == "matmul":
         return [mv._MATMUL[t]]
     if kind == "get_rows":
@@ -112,12 +144,12 @@ def _split(tasks: list[str]) -> tuple[list[str], list[str]]:
     return mine, theirs
 
 
-def warm(types: Iterable[GGMLType], embedding: GGMLType, progress: Progress | None = None,
-         workers: int | None = None) -> dict:
+def warm(types: Iterable[GGMLType], embedding: GGMLType, packed: Iterable[GGMLType] = (),
+         output: GGMLType | None = None, progress: Progress | None = None, workers: int | None = None) -> dict:
     """Compile or load every kernel a model of these matrix types needs; returns what was done."""
     from realm.kernels._jit import jit_disabled
 
-    tasks = tasks_for(types, embedding)
+    tasks = tasks_for(types, embedding, packed, output)
     t0 = time.perf_counter()
     if jit_disabled():
         return {"tasks": tasks, "cold": [], "worker": [], "seconds": 0.0}
@@ -128,7 +160,7 @@ def warm(types: Iterable[GGMLType], embedding: GGMLType, progress: Progress | No
     if progress is not None:
         def announce():
             if not done.wait(0.5):
-                what = ", ".join(sorted({n.partition(":")[2] for n in tasks if ":" in n}))
+                what = ", ".join(sorted({n.partition(":")[2] for n in tasks if ":" in n and not n.startswith("get_rows")}))
                 progress(f"compiling Numba kernels for {what} (first run only; cached for the next) ...")
         threading.Thread(target=announce, daemon=True).start()
     worker_tasks: list[str] = []

@@ -22,11 +22,11 @@ _CHILD = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1] + "/tests"); sys.path.insert(0, sys.argv[1])
 from numba.core.registry import CPUDispatcher
-import realm.kernels.matvec, realm.kernels.ops, realm.kernels.dequant
+import realm.kernels.matvec, realm.kernels.ops, realm.kernels.dequant, realm.kernels.int8rows
 from realm.gguf import GGUFFile
 from realm.config import ModelConfig
 from realm.engines.numba import NumbaEngine
-mods = (realm.kernels.matvec, realm.kernels.ops, realm.kernels.dequant)
+mods = (realm.kernels.matvec, realm.kernels.ops, realm.kernels.dequant, realm.kernels.int8rows)
 def specializations():
     return {f"{m.__name__}.{k}": len(v.signatures) for m in mods for k, v in vars(m).items()
             if isinstance(v, CPUDispatcher)}
@@ -65,6 +65,9 @@ def test_an_engine_compiles_nothing_after_its_warm_up(tmp_path, arch, qtype):
 def test_tasks_and_split():
     tasks = warm.tasks_for({GGMLType.Q4_K, GGMLType.Q6_K, GGMLType.Q4_K}, embedding=GGMLType.Q8_0)
     assert tasks == ["ops", "get_rows:Q8_0", "matvec:Q4_K", "matmul:Q4_K", "matvec:Q6_K", "matmul:Q6_K"]
+    assert warm.tasks_for({GGMLType.Q5_0, GGMLType.Q6_K}, embedding=GGMLType.Q6_K, packed={GGMLType.Q5_0, GGMLType.Q6_K},
+                          output=GGMLType.Q6_K) == ["ops", "get_rows:Q6_K", "int8", "repack:Q5_0", "matmul:Q5_0",
+                                                   "repack:Q6_K", "matvec:Q6_K", "matmul:Q6_K"]
     mine, theirs = warm._split(tasks)
     assert sorted(mine + theirs) == sorted(tasks) and not set(mine) & set(theirs)
     cost = lambda names: sum(warm._COST[n.partition(":")[0]] for n in names)  # noqa: E731
