@@ -86,6 +86,29 @@ def test_parallel_attention_path(synth_dir, monkeypatch):
         assert_logits_close(expect, np.concatenate(steps), TOLERANCE["numba-vs-reference", GGMLType.Q8_0], "parallel attention")
 
 
+@pytest.mark.parametrize("qtype", [GGMLType.Q5_0, GGMLType.Q4_K, GGMLType.Q8_0], ids=lambda t: t.name)
+def test_blas_prompt_path(synth_dir, monkeypatch, qtype):
+    """Prompts long enough for the dequantize + BLAS path, and the int8 decode copies (both on by
+    default), give the reference's logits; forced on for a short prompt too."""
+    import realm.engines.numba as numba_engine
+
+    path = make_model(synth_dir / f"blas-{qtype.name}.gguf", arch="gemma3", qtype=qtype, seed=11,
+                      **differential_kwargs("gemma3", qtype))
+    tol = TOLERANCE["numba-vs-reference", qtype]
+    prompt = [1] + [(7 * i + 3) % 290 + 2 for i in range(numba_engine._BLAS_MIN_TOKENS + 5)]
+    with GGUFFile(path) as f:
+        config = ModelConfig.from_gguf(f)
+        expect = ReferenceEngine(f, config, n_ctx=128).eval(prompt, all_logits=True)
+        eng = NumbaEngine(f, config, n_ctx=128, threads=min(2, numba.config.NUMBA_NUM_THREADS))
+        assert eng.packed_bytes > 0 or qtype == GGMLType.Q8_0
+        assert_logits_close(expect, eng.eval(prompt, all_logits=True), tol, f"{qtype.name} BLAS prompt")
+        monkeypatch.setattr(numba_engine, "_BLAS_MIN_TOKENS", 2)
+        eng.reset()
+        steps = [eng.eval(prompt[:N_PREFILL], all_logits=True)]
+        steps += [eng.eval([t], all_logits=True) for t in prompt[N_PREFILL:20]]
+        assert_logits_close(expect[:20], np.concatenate(steps), tol, f"{qtype.name} short BLAS prompt + int8 decode")
+
+
 def test_sliding_window_matters(synth_dir):
     """The test models really exercise the window: a huge window changes the late logits."""
     import dataclasses
