@@ -107,7 +107,8 @@ def test_bench_interleaves_repeats_across_engines(tiny_model, interleave):
 
     events: list[str] = []
     settings = BenchSettings(model=str(tiny_model), engines=("wasm", "numba"), threads=(1,), prompt_tokens=6,
-                             gen_tokens=2, repeat=2, startup=False, budgets=("default",), interleave=interleave)
+                             gen_tokens=2, repeat=2, startup=False, budgets=("default",), interleave=interleave,
+                             runtimes=("auto",))  # one wasm row whatever is installed
     report = run_bench(settings, progress=events.append)
     runs = [e for e in events if ": run " in e or e.endswith(": creating engine")]
     order = [(e.split(":")[0], "create" if e.endswith("creating engine") else e.split("run ")[1][:3]) for e in runs]
