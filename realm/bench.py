@@ -193,8 +193,8 @@ _STARTUP_SNIPPETS = {
     "numba": "import time; t=time.perf_counter(); from realm.kernels import warmup; warmup(); "
              "import realm.kernels.matvec as m; m.warmup(); import realm.kernels.ops as o; "
              "getattr(o, 'warmup', lambda: None)(); print(time.perf_counter()-t)",
-    "wasm": "import time; t=time.perf_counter(); from realm.host import runtime; runtime.load_module(); "
-            "print(time.perf_counter()-t)",
+    "wasm": "import time; t=time.perf_counter(); from realm.host import runtime; m = runtime.load_module(); "
+            "print(time.perf_counter()-t, m.runtime)",
 }
 
 
@@ -212,7 +212,10 @@ def startup_times(engine: str, runtime: str | None = None) -> dict[str, float] |
             r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=env, timeout=900)
             if r.returncode != 0:
                 return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
-            out[f"{label}_seconds"] = float(r.stdout.strip().splitlines()[-1])
+            seconds, *what = r.stdout.strip().splitlines()[-1].split()
+            out[f"{label}_seconds"] = float(seconds)
+            if what:  # the wasm snippet says which runtime compiled the module
+                out["runtime"] = what[0]
         return out
 
 
