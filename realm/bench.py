@@ -46,6 +46,7 @@ class BenchSettings:
     out_dir: str = "bench-out"
     n_ctx: int | None = None
     budgets: tuple[str, ...] = ("default", "resident")  # wasm memory budgets to measure
+    runtimes: tuple[str, ...] = ("all",)  # wasm guest runtimes: names, "auto", or "all" (every installed one)
     startup: bool = True  # measure cold/cached compile in subprocesses
     interleave: bool = True  # round-robin the repeats over all engines (all alive at once)
     compare_llama_cpp: bool = False  # add llama.cpp rows (realm.bench_llamacpp, one process per thread count)
@@ -58,6 +59,11 @@ class BenchSettings:
             raise RealmError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINE_NAMES)}")
         if not self.threads or any(t < 1 for t in self.threads):
             raise RealmError("thread counts must be >= 1")
+        from realm.host.runtime import RUNTIME_CHOICES
+
+        bad = [r for r in self.runtimes if r not in (*RUNTIME_CHOICES, "all")]
+        if not self.runtimes or bad:
+            raise RealmError(f"unknown runtime(s) {bad}; choose from all, {', '.join(RUNTIME_CHOICES)}")
         if self.prompt_tokens < 1 or self.gen_tokens < 1 or self.repeat < 1:
             raise RealmError("--prompt-tokens, --gen-tokens and --repeat must be >= 1")
         return self
@@ -76,9 +82,9 @@ def machine_facts() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for mod in ("numpy", "numba", "wasmtime", "llvmlite"):
+    for mod in ("numpy", "numba", "wasmtime", "wasmer", "llvmlite"):
         try:
-            versions[mod] = __import__(mod).__version__ if mod != "wasmtime" else _wasmtime_version()
+            versions[mod] = __import__(mod).__version__ if mod not in ("wasmtime", "wasmer") else _dist_version(mod)
         except Exception:  # an optional component missing is reported, not fatal
             versions[mod] = None
     return {
@@ -88,10 +94,22 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-def _wasmtime_version() -> str:
+def _dist_version(name: str) -> str:
     from importlib.metadata import version
 
-    return version("wasmtime")
+    return version(name)
+
+
+def bench_runtimes(settings: BenchSettings) -> list[str]:
+    """The guest runtimes to measure: every installed one for "all", else the named ones (checked)."""
+    from realm.host.runtime import available_runtimes, resolve_runtime
+
+    out: list[str] = []
+    for r in settings.runtimes:
+        for name in (available_runtimes() if r == "all" else (resolve_runtime(r),)):
+            if name not in out:
+                out.append(name)
+    return out
 
 
 def memory_bandwidth(n_bytes: int = 256 << 20, repeats: int = 5) -> dict[str, float]:
@@ -175,24 +193,29 @@ _STARTUP_SNIPPETS = {
     # the user's cold start: a fresh process from `import realm` to the first decoded token of the model
     "numba": "import time; t=time.perf_counter(); import os, realm; m=realm.load(os.environ['REALM_BENCH_MODEL']); "
              "e=m.engine('numba', n_ctx=64); e.eval([m.tokenize('Hi')[0]]); print(time.perf_counter()-t)",
-    "wasm": "import time; t=time.perf_counter(); from realm.host import runtime; runtime.load_module(); "
-            "print(time.perf_counter()-t)",
+    "wasm": "import time; t=time.perf_counter(); from realm.host import runtime; m = runtime.load_module(); "
+            "print(time.perf_counter()-t, m.runtime)",
 }
 
 
-def startup_times(engine: str, model_path=None) -> dict[str, float] | None:
+def startup_times(engine: str, runtime: str | None = None, model_path=None) -> dict[str, float] | None:
     """Cold (empty cache) and cached start-up seconds of an engine's compiled code, in fresh processes."""
     snippet = _STARTUP_SNIPPETS.get(engine)
     if snippet is None:
         return None
     with tempfile.TemporaryDirectory(prefix="realm-bench-") as tmp:
         env = dict(os.environ, NUMBA_CACHE_DIR=tmp, REALM_WASM_CACHE_DIR=tmp, REALM_BENCH_MODEL=str(model_path or ""))
+        if runtime is not None:
+            env["REALM_RUNTIME"] = runtime
         out = {}
         for label in ("cold", "cached"):
             r = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, env=env, timeout=900)
             if r.returncode != 0:
                 return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "failed"}
-            out[f"{label}_seconds"] = float(r.stdout.strip().splitlines()[-1])
+            seconds, *what = r.stdout.strip().splitlines()[-1].split()
+            out[f"{label}_seconds"] = float(seconds)
+            if what:  # the wasm snippet says which runtime compiled the module
+                out["runtime"] = what[0]
         return out
 
 
@@ -216,14 +239,14 @@ _HOSTCALL_WAT = """
 """
 
 
-def host_call_cost(path, n_calls: int = 20000, n_bytes: int = 64) -> dict[str, float]:
+def host_call_cost(path, n_calls: int = 20000, n_bytes: int = 64, runtime: str | None = None) -> dict[str, float]:
     """µs per `realm_read_tensor` call of `n_bytes`, timed from inside a guest loop (best of 3)."""
     from realm.host.runtime import Guest
     from realm.host.store import ModelStore
 
     store = ModelStore()
     model_id = store.add(path)
-    guest = Guest(wasm=_HOSTCALL_WAT, model_store=store)
+    guest = Guest(wasm=_HOSTCALL_WAT, model_store=store, runtime=runtime)
     try:
         guest.acquire(model_id)
         name = next(iter(store.gguf(model_id).tensors)).encode()
@@ -249,6 +272,7 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
     from realm.api import load
 
     settings.validate()
+    runtimes = bench_runtimes(settings) if "wasm" in settings.engines else []  # first: a missing one says so
     report: dict[str, Any] = {"settings": asdict(settings), "machine": machine_facts()}
     model = load(settings.model)
     if model.config is None:
@@ -263,13 +287,17 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
     n_ctx = settings.n_ctx or min(cfg.context_length, max(settings.prompt_tokens + settings.gen_tokens + 8, 256))
     runs: list[dict[str, Any]] = []
     logits: dict[str, np.ndarray] = {}
-    if "wasm" in settings.engines:
-        progress("wasm: host-call cost (a guest loop of realm_read_tensor calls)")
-        report["host_call"] = host_call_cost(model.path)
+    for rt in runtimes:
+        progress(f"wasm ({rt}): host-call cost (a guest loop of realm_read_tensor calls)")
+        report.setdefault("host_calls", {})[rt] = host_call_cost(model.path, runtime=rt)
+    if runtimes:
+        report["host_call"] = report["host_calls"][runtimes[0]]
     if settings.startup:
         for name in settings.engines:
-            progress(f"{name}: start-up time, cold and cached (fresh processes)")
-            report.setdefault("startup", {})[name] = startup_times(name, model.path)
+            for rt in (runtimes if name == "wasm" else [None]):
+                key = name if rt is None else f"{name} ({rt})"
+                progress(f"{key}: start-up time, cold and cached (fresh processes)")
+                report.setdefault("startup", {})[key] = startup_times(name, rt, model.path)
     variants = [(name, variant, options) for name in settings.engines
                 for variant, options in _variants(name, settings, model)]
     if settings.compare_llama_cpp:
@@ -282,11 +310,13 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
         live = []
         try:
             for name, variant, options in group:
-                label = f"{name}[{variant}]" if variant else name
+                key = f"{name} ({options['runtime']})" if options.get("runtime") else name
+                label = f"{key}[{variant}]" if variant else key
                 progress(f"{label}: creating engine")
                 t0 = time.perf_counter()
                 engine = _create(model, name, n_ctx, options)
                 run = {"engine": name, "variant": variant, "label": label, "threads": options.get("threads"),
+                       "runtime": options.get("runtime"),
                        "create_seconds": time.perf_counter() - t0}
                 live.append((engine, run, [], []))
                 progress(f"{label}: warm-up")
@@ -304,10 +334,11 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
                 run["decode_gbps"] = run["decode_tps"]["median"] * wbytes / 1e9
                 run["decode_fraction_of_bandwidth"] = run["decode_gbps"] / report["bandwidth"]["read_gbps"]
                 run["engine_stats"] = {k: v for k, v in engine.stats().items() if isinstance(v, (int, float, str))}
-                if run["engine"] not in logits:
+                key = _engine_key(run)
+                if key not in logits:
                     progress(f"{run['label']}: logits of the benchmark prompt for the agreement check")
                     engine.reset()
-                    logits[run["engine"]] = engine.eval(ids, all_logits=True)
+                    logits[key] = engine.eval(ids, all_logits=True)
                 runs.append(run)
         finally:
             for engine, *_ in live:
@@ -321,6 +352,11 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
         report["agreement"] = {f"{n} vs {base}": agreement(logits[n], logits[base]) for n in names if n != base}
     model.close()
     return report
+
+
+def _engine_key(run: dict[str, Any]) -> str:
+    """`wasm (wasmer)` for a wasm run, else the engine name."""
+    return f"{run['engine']} ({run['runtime']})" if run.get("runtime") else run["engine"]
 
 
 def _create(model, name: str, n_ctx: int, options: dict[str, Any]):
@@ -352,18 +388,24 @@ def llama_cpp_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _variants(name: str, settings: BenchSettings, model) -> list[tuple[str, dict[str, Any]]]:
     if name == "numba":
         return [(f"{t} thread{'s' if t > 1 else ''}", {"threads": t}) for t in settings.threads]
-    if name == "wasm":  # every budget with every thread count (guest instances, see realm.engines.wasm)
+    if name == "wasm":  # every runtime, budget and thread count (guest instances, see realm.engines.wasm)
+        from realm.host.runtime import adapter
+
         out = []
-        for b in settings.budgets:
-            if b == "default":
-                label, budget = "64 MiB", 64 << 20
-            elif b == "resident":
-                budget = min(4 << 30, ((model.gguf.file_size + (192 << 20)) >> 20) << 20)
-                label = f"resident ({budget >> 20} MiB)"
-            else:
-                continue
-            for t in settings.threads:
-                out.append((f"{label}, {t} thread{'s' if t > 1 else ''}", {"memory_budget": budget, "threads": t}))
+        for rt in bench_runtimes(settings):
+            # a runtime without parallel calls (wasmer) runs one instance whatever `threads` says
+            threads = settings.threads if adapter(rt).Guest.parallel_calls else (1,)
+            for b in settings.budgets:
+                if b == "default":
+                    label, budget = "64 MiB", 64 << 20
+                elif b == "resident":
+                    budget = min(4 << 30, ((model.gguf.file_size + (192 << 20)) >> 20) << 20)
+                    label = f"resident ({budget >> 20} MiB)"
+                else:
+                    continue
+                for t in threads:
+                    out.append((f"{label}, {t} thread{'s' if t > 1 else ''}",
+                                {"memory_budget": budget, "threads": t, "runtime": rt}))
         return out
     return [("", {})]
 
@@ -389,7 +431,8 @@ def format_markdown(r: dict[str, Any]) -> str:
         f"# realm benchmark — {r['model']['path'].rsplit('/', 1)[-1]}",
         "",
         f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores), Python {m['python']}, "
-        f"numpy {m['numpy']}, numba {m['numba']}, wasmtime {m['wasmtime']}.",
+        f"numpy {m['numpy']}, numba {m['numba']}, wasmtime {m['wasmtime']}"
+        + (f", wasmer {m['wasmer']}." if m.get("wasmer") else "."),
         f"Memory bandwidth (same run): read {bw['read_gbps']:.1f} GB/s, copy {bw['copy_gbps']:.1f} GB/s. "
         f"Weights read per decoded token: {r['model']['weight_bytes_per_token'] / 1e6:.1f} MB.",
         f"Prompt {r['settings']['prompt_tokens']} tokens, {r['settings']['gen_tokens']} generated, "
@@ -426,17 +469,20 @@ def format_markdown(r: dict[str, Any]) -> str:
                 lines.append(f"| {name} | n/a | n/a |")
     guest = [x for x in r["runs"] if x["engine"] == "wasm"]
     if guest:
-        us = r.get("host_call", {}).get("us_per_call", float("nan"))
-        lines += ["", "## Guest memory and boundary traffic", "",
-                  f"One host call (`realm_read_tensor`, {r.get('host_call', {}).get('bytes_per_call', 0)} bytes, "
-                  f"timed in a guest loop) costs {us:.1f} µs.", "",
-                  "| budget | peak linear memory MiB | bytes fetched / token | host calls / token | host-call overhead / token |",
+        costs = r.get("host_calls") or {None: r.get("host_call", {})}
+        lines += ["", "## Guest memory and boundary traffic", ""]
+        for rt, hc in costs.items():
+            lines.append(f"One host call (`realm_read_tensor`, {hc.get('bytes_per_call', 0)} bytes, timed in a guest "
+                         f"loop){f' under {rt}' if rt else ''} costs {hc.get('us_per_call', float('nan')):.1f} µs.")
+        lines += ["",
+                  "| run | peak linear memory MiB | bytes fetched / token | host calls / token | host-call overhead / token |",
                   "| --- | ---: | ---: | ---: | ---: |"]
         for run in guest:
             st = run["engine_stats"]
             peak = st.get("peak_memory", float("nan")) / 2**20
             calls = run.get("host_calls_per_token", float("nan"))
-            lines.append(f"| {run['variant']} | {peak:.1f} | {run.get('bytes_fetched_per_token', float('nan')) / 1e6:.1f} MB | "
+            us = costs.get(run.get("runtime"), r.get("host_call", {})).get("us_per_call", float("nan"))
+            lines.append(f"| {run['label']} | {peak:.1f} | {run.get('bytes_fetched_per_token', float('nan')) / 1e6:.1f} MB | "
                          f"{calls:.0f} | {calls * us / 1000:.2f} ms |")
     if r.get("agreement"):
         lines += ["", "## Logits agreement on the benchmark prompt", "",

@@ -249,9 +249,11 @@ def _engine_list(ctx, param, value):
 @click.option("--compare-llama-cpp", is_flag=True,
               help="Add llama.cpp rows (extra 'llamacpp': llama-cpp-python, its own process per thread count, "
                    "fed realm's token ids) and the ratios to them.")
+@click.option("--runtime", type=click.Choice(["all", "auto", "wasmtime", "wasmer"]), default="all", show_default=True,
+              help="wasm engine: guest runtime(s) to measure (all: every installed one; wasmer needs CPython 3.10).")
 @handle_errors
 def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, no_startup, sequential,
-          compare_llama_cpp):
+          compare_llama_cpp, runtime):
     """Benchmark engines on one model; writes report.json, report.md (and report.png with matplotlib)."""
     from realm.bench import BenchSettings, run_bench, write_report
 
@@ -261,14 +263,15 @@ def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, n
         default_model_path(_Progress("assembling the default model"))
     settings = BenchSettings(model=model, engines=engines, threads=threads, prompt_tokens=prompt_tokens,
                              gen_tokens=gen_tokens, repeat=repeat, out_dir=out_dir, startup=not no_startup,
-                             interleave=not sequential, compare_llama_cpp=compare_llama_cpp)
+                             interleave=not sequential, compare_llama_cpp=compare_llama_cpp, runtimes=(runtime,))
     t0 = time.perf_counter()
     report = run_bench(settings, progress=lambda msg: click.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True))
     paths = write_report(report, out_dir)
     click.echo()
-    click.echo(f"{'engine':<28} {'prefill tok/s':>14} {'decode tok/s':>13} {'of bandwidth':>13}")
+    width = max([28] + [len(run["label"]) for run in report["runs"]])
+    click.echo(f"{'engine':<{width}} {'prefill tok/s':>14} {'decode tok/s':>13} {'of bandwidth':>13}")
     for run in report["runs"]:
-        click.echo(f"{run['label']:<28} {run['prefill_tps']['median']:>14.1f} {run['decode_tps']['median']:>13.2f} "
+        click.echo(f"{run['label']:<{width}} {run['prefill_tps']['median']:>14.1f} {run['decode_tps']['median']:>13.2f} "
                    f"{100 * run['decode_fraction_of_bandwidth']:>12.0f}%")
     for x in report.get("llama_cpp_ratios", []):
         click.echo(f"{x['label']} / {x['llama_cpp']}: prefill x{x['prefill']:.2f}, decode x{x['decode']:.2f}")

@@ -7,13 +7,17 @@ entries and loop headers count down a fuel global whose every FUEL_CHECK_EVERY-t
 host check that traps the call past its deadline (host functions check the deadline too); loops
 with SIMD instructions get a call-free counter that traps after SIMD_FUEL iterations without an
 ordinary check step (see `wasm_rewrite._Code`: a Cranelift miscompile otherwise).
-wasmer-python holds the GIL during a call, so guests in threads take turns: `parallel_calls` is
-false and the wasm engine runs one instance (no shards).
+wasmer-python's modules, instances, functions and memories are bound to the thread that made them
+(pyo3 "unsendable": touched from another thread they panic), and it holds the GIL during a call
+anyway; so one process-wide owner thread makes and calls every one of them (`_Owner`), other
+threads hand it their calls and wait. Guests in threads take turns: `parallel_calls` is false and
+the wasm engine runs one instance (no shards).
 """
 
 from __future__ import annotations
 
 import ctypes
+import queue
 import threading
 import time
 from importlib import metadata
@@ -40,6 +44,72 @@ assert MAX_TABLE_ELEMENTS == wasm_rewrite.MAX_TABLE_ELEMENTS
 
 class _DeadlineExceeded(Exception):
     """Raised by the host check (and host functions) inside a call past its deadline: a trap."""
+
+
+class _Interrupted(Exception):
+    """Raised by the host check inside a call whose caller was interrupted (KeyboardInterrupt)."""
+
+
+class _Job:
+    __slots__ = ("fn", "args", "done", "result", "error")
+
+    def __init__(self, fn, args):
+        self.fn, self.args, self.done = fn, args, threading.Event()
+        self.result = self.error = None
+
+
+class _Owner:
+    """The one thread that makes, calls and reads every wasmer object of the process (see the
+    module docstring); `run(fn, *args)` runs `fn` there and returns its result or raises its error."""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def here(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def run(self, fn, *args, on_interrupt=None):
+        """`fn(*args)` on the owner thread. A KeyboardInterrupt (or other BaseException) while
+        waiting calls `on_interrupt()` (which should make the running call stop), waits for the
+        job to end and is raised then."""
+        if self.here():  # a host function calling back into wasmer: already on the owner thread
+            return fn(*args)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="realm-wasmer", daemon=True)
+                self._thread.start()
+        job = _Job(fn, args)
+        self._jobs.put(job)
+        pending = None
+        while True:
+            try:
+                job.done.wait()
+                break
+            except BaseException as e:  # interrupted while waiting: stop the call, then re-raise
+                pending = pending or e
+                if on_interrupt is not None:
+                    on_interrupt()
+        if pending is not None:
+            raise pending
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job.result = job.fn(*job.args)
+            except BaseException as e:
+                job.error = e
+            finally:
+                job.fn = job.args = None
+                job.done.set()
+
+
+_owner = _Owner()
 
 
 def version() -> str:
@@ -75,6 +145,10 @@ def wat2wasm(text: str) -> bytes:
 
 def compile(wasm: bytes):
     """(wasmer.Module of the rewritten wasm, the guest memory's (min, max) pages) for wasm bytes."""
+    return _owner.run(_compile, wasm)
+
+
+def _compile(wasm: bytes):
     st = store()
     try:  # first: its refusals (a table or memory the sandbox does not allow) name the reason
         prepared = wasm_rewrite.prepare(wasm)
@@ -89,13 +163,13 @@ def compile(wasm: bytes):
 
 
 def serialize(module: wasmer.Module) -> bytes:
-    return bytes(module.serialize())
+    return _owner.run(lambda: bytes(module.serialize()))
 
 
 def deserialize(blob: bytes, wasm: bytes):
     """The cached compiled module (the cache checked its SHA-256); the memory limits are re-read
     from the original wasm (cheap: one pass over the sections)."""
-    module = wasmer.Module.deserialize(store(), blob)
+    module = _owner.run(wasmer.Module.deserialize, store(), blob)
     return module, _memory_limits(wasm)
 
 
@@ -112,12 +186,21 @@ def _memory_limits(wasm: bytes) -> tuple[int, int | None] | None:
 class Guest(runtime.Guest):
     """`realm.host.runtime.Guest` under wasmer: the memory the host creates for the rewritten
     module has its maximum at `memory_budget // 65536` pages; the deadline is checked every
-    FUEL_CHECK_EVERY loop iterations or function entries and at every host call."""
+    FUEL_CHECK_EVERY loop iterations or function entries and at every host call. Everything that
+    touches a wasmer object runs on the owner thread (`_Owner`); another thread reads the memory
+    span that thread left after the last call (memory only grows during a call)."""
 
     runtime = "wasmer"
     parallel_calls = False  # wasmer-python keeps the GIL for the whole call
 
     def _start(self, compiled: CompiledModule) -> None:
+        self._interrupted = False
+        _owner.run(self._start_here, compiled, on_interrupt=self._interrupt)
+
+    def _interrupt(self) -> None:
+        self._interrupted = True
+
+    def _start_here(self, compiled: CompiledModule) -> None:
         st = store()
         self._deadline = float("inf")
         self._funcs: dict[str, Any] = {}
@@ -161,6 +244,7 @@ class Guest(runtime.Guest):
             f = self._export(name)
             if isinstance(f, wasmer.Function):
                 self._funcs[name] = f
+        self._refresh_span()
 
     def _export(self, name: str):
         try:
@@ -173,6 +257,8 @@ class Guest(runtime.Guest):
         guest = self
 
         def host_function(*args):
+            if guest._interrupted:
+                raise _Interrupted()
             if time.monotonic() > guest._deadline:
                 raise _DeadlineExceeded()
             return fn(None, *args)
@@ -180,6 +266,8 @@ class Guest(runtime.Guest):
         return host_function
 
     def _check_deadline(self) -> None:
+        if self._interrupted:
+            raise _Interrupted()
         if time.monotonic() > self._deadline:
             raise _DeadlineExceeded()
 
@@ -189,6 +277,11 @@ class Guest(runtime.Guest):
     # -- memory ------------------------------------------------------------------------------------
 
     def _span(self) -> tuple[int, int]:
+        if not _owner.here():  # the span the owner thread left after the last call
+            return (self._base, self._size) if self._size > 0 else (0, 0)
+        return self._refresh_span()
+
+    def _refresh_span(self) -> tuple[int, int]:
         memory = self._memory
         if memory is None:
             return 0, 0
@@ -201,9 +294,17 @@ class Guest(runtime.Guest):
     # -- calls ---------------------------------------------------------------------------------------
 
     def has_export(self, name: str) -> bool:
-        return name in self._funcs or isinstance(self._export(name), wasmer.Function)
+        return name in self._funcs or _owner.run(lambda: isinstance(self._export(name), wasmer.Function))
 
     def _invoke(self, name: str, args: tuple) -> Any:
+        try:
+            return _owner.run(self._invoke_here, name, args, on_interrupt=self._interrupt)
+        except BaseException:
+            if self._interrupted and self.trapped is None:  # the call ended before a check saw it
+                self.trapped = "interrupted (KeyboardInterrupt)"
+            raise
+
+    def _invoke_here(self, name: str, args: tuple) -> Any:
         f = self._funcs.get(name)
         if f is None:
             f = self._export(name)
@@ -215,14 +316,18 @@ class Guest(runtime.Guest):
             return f(*args)
         except _DeadlineExceeded:
             self._failed(name, self.deadline_text())
+        except _Interrupted:  # the caller's KeyboardInterrupt is raised in its own thread (`_Owner.run`)
+            self._failed(name, "interrupted (KeyboardInterrupt)")
         except RuntimeError as e:  # a wasm trap
             self._failed(name, self.simd_limit_text() if self._simd_fuel_out() else _trap_text(e))
         except (TypeError, ValueError, OverflowError) as e:  # wasmer-python's argument conversion
             raise guest_error(f"bad arguments for {name}: {e}") from None
-        except BaseException as e:  # KeyboardInterrupt raised inside a host call: the guest is unusable
+        except BaseException as e:  # e.g. an exception escaping a host function: the guest is unusable
             self._failed(name, f"interrupted ({type(e).__name__})", e)
         finally:
             self._deadline = float("inf")
+            if self._memory is not None:
+                self._refresh_span()
 
     def _simd_fuel_out(self) -> bool:
         """The trap was the SIMD-loop limit of `wasm_rewrite` (its counter ran down to 0)."""
@@ -237,9 +342,13 @@ class Guest(runtime.Guest):
                 "iterations without a deadline check (runaway guest)")
 
     def _drop(self) -> None:
+        _owner.run(self._drop_here)
+
+    def _drop_here(self) -> None:
         self._funcs = {}
         self._exports = None
         self._memory = None
+        self._size = -1
 
 
 def _trap_text(e: BaseException) -> str:

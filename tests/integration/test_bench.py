@@ -41,11 +41,16 @@ def test_bench_cli_writes_a_measured_report(tiny_model, tmp_path):
     assert (out / "report.json").exists() and (out / "report.md").exists()
     report = json.loads((out / "report.json").read_text())
 
+    from realm.host.runtime import available_runtimes
+
     labels = [r["label"] for r in report["runs"]]
+    runtimes = available_runtimes()  # the default --runtime all: a row per installed runtime
     assert any(label.startswith("numba[1 thread") for label in labels)
     assert any(label.startswith("numba[2 threads") for label in labels)
-    assert any(label.startswith("wasm[64 MiB") for label in labels)
-    assert any(label.startswith("wasm[resident") for label in labels)
+    for rt in runtimes:
+        assert any(label.startswith(f"wasm ({rt})[64 MiB") for label in labels), (rt, labels)
+        assert any(label.startswith(f"wasm ({rt})[resident") for label in labels), (rt, labels)
+    assert {r["runtime"] for r in report["runs"] if r["engine"] == "wasm"} == set(runtimes)
     assert "reference" in labels
 
     for path, value in numbers(report):
@@ -60,6 +65,8 @@ def test_bench_cli_writes_a_measured_report(tiny_model, tmp_path):
     assert all(r["engine_stats"]["peak_memory"] > 0 for r in guest)
     assert all("host_calls_per_token" in r for r in guest)
     assert report["host_call"]["us_per_call"] > 0 and report["host_call"]["calls"] > 0
+    assert set(report["host_calls"]) == set(runtimes)
+    assert all(hc["us_per_call"] > 0 for hc in report["host_calls"].values())
     # independent recomputation of the bytes a decode step reads
     from realm.gguf import GGUFFile
 
@@ -69,12 +76,14 @@ def test_bench_cli_writes_a_measured_report(tiny_model, tmp_path):
         expected += emb.n_bytes // emb.shape[0] + (emb.n_bytes if "output.weight" not in g.tensors else 0)
     assert report["model"]["weight_bytes_per_token"] == expected
     agree = report["agreement"]
-    assert set(agree) == {"wasm vs reference", "numba vs reference"}
+    assert set(agree) == {f"wasm ({rt}) vs reference" for rt in runtimes} | {"numba vs reference"}
     for a in agree.values():
         assert a["positions"] == 12 and a["top1_agreement"] >= 0.9 and a["max_abs_diff"] < 0.1
     md = (out / "report.md").read_text()
     for run in report["runs"]:
         assert run["label"] in md
+    for rt in runtimes:
+        assert f"timed in a guest loop) under {rt} costs" in md
     assert "nan" not in md.lower()
     assert "wrote" in result.output
     if importlib.util.find_spec("matplotlib") is not None:  # the chart is optional; the dev extra installs it
@@ -84,10 +93,13 @@ def test_bench_cli_writes_a_measured_report(tiny_model, tmp_path):
 
 def test_wasm_startup_is_measured_in_fresh_processes():
     from realm.bench import startup_times
+    from realm.host.runtime import available_runtimes
 
-    s = startup_times("wasm")
-    assert s is not None and "error" not in s, s
-    assert s["cold_seconds"] > 0 and s["cached_seconds"] > 0
+    for rt in available_runtimes():
+        s = startup_times("wasm", rt)
+        assert s is not None and "error" not in s, s
+        assert s["cold_seconds"] > 0 and s["cached_seconds"] > 0
+        assert s["runtime"] == rt  # the fresh process compiled with the runtime asked for
 
 
 @pytest.mark.parametrize("interleave", [True, False])
@@ -98,7 +110,8 @@ def test_bench_interleaves_repeats_across_engines(tiny_model, interleave):
 
     events: list[str] = []
     settings = BenchSettings(model=str(tiny_model), engines=("wasm", "numba"), threads=(1,), prompt_tokens=6,
-                             gen_tokens=2, repeat=2, startup=False, budgets=("default",), interleave=interleave)
+                             gen_tokens=2, repeat=2, startup=False, budgets=("default",), interleave=interleave,
+                             runtimes=("auto",))  # one wasm row whatever is installed
     report = run_bench(settings, progress=events.append)
     runs = [e for e in events if ": run " in e or e.endswith(": creating engine")]
     order = [(e.split(":")[0], "create" if e.endswith("creating engine") else e.split("run ")[1][:3]) for e in runs]
@@ -150,3 +163,37 @@ def test_bench_compare_llama_cpp_on_a_tiny_model(tiny_model, tmp_path):
     agree = report["agreement"]["llama.cpp vs numba"]
     assert agree["positions"] == 12 and agree["top1_agreement"] >= 0.75 and agree["max_abs_diff_rel"] < 0.1
     assert "÷ llama.cpp" in (out / "report.md").read_text()
+
+
+def test_bench_has_a_wasm_row_set_per_runtime():
+    """`--runtime all` (the default): the 64 MiB and resident rows for every installed runtime; a
+    runtime without parallel calls (wasmer) gets only the 1-instance rows whatever --threads says."""
+    from types import SimpleNamespace
+
+    from realm.bench import BenchSettings, _variants
+    from realm.host.runtime import adapter, available_runtimes
+
+    model = SimpleNamespace(gguf=SimpleNamespace(file_size=100 << 20))
+    for rt in available_runtimes():
+        rows = _variants("wasm", BenchSettings(runtimes=(rt,), threads=(1, 2)), model)
+        threads = {1, 2} if adapter(rt).Guest.parallel_calls else {1}
+        assert {o["runtime"] for _, o in rows} == {rt}
+        assert {o["threads"] for _, o in rows} == threads
+        assert len(rows) == 2 * len(threads), rows  # two budgets
+    rows = _variants("wasm", BenchSettings(threads=(1,)), model)
+    assert [o["runtime"] for _, o in rows] == [rt for rt in available_runtimes() for _ in ("default", "resident")]
+
+
+def test_bench_wasmer_runtime_selected_or_refused_plainly(tiny_model):
+    from realm.bench import BenchSettings, bench_runtimes
+    from realm.host.runtime import unavailable_reason
+
+    if unavailable_reason("wasmer") is None:  # CPython 3.10 with the wasmer extra
+        assert bench_runtimes(BenchSettings(runtimes=("wasmer",))) == ["wasmer"]
+        assert "wasmer" in bench_runtimes(BenchSettings(runtimes=("all",)))
+        return
+    result = CliRunner().invoke(main, ["bench", "--model", str(tiny_model), "--engines", "wasm",
+                                       "--runtime", "wasmer", "--no-startup", "--repeat", "1"])
+    assert result.exit_code != 0
+    assert "wasmer" in result.output and "3.10" in result.output, result.output
+    assert "wasmer" not in bench_runtimes(BenchSettings(runtimes=("all",)))

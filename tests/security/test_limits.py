@@ -8,6 +8,8 @@ not fire, not a slow one.
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 
 import numpy as np
@@ -197,6 +199,55 @@ def test_deadline_is_per_call_not_cumulative(store):
         g.call("work", 2_000_000)
         calls += 1
     assert calls >= 2 and g.trapped is None
+
+
+def test_ctrl_c_ends_a_call_and_reaches_the_caller(store):
+    """A KeyboardInterrupt during a call without a deadline (a host-call loop) ends the call at its
+    next host call; the caller gets the KeyboardInterrupt and the guest refuses further calls. (Under
+    wasmer the call runs on the adapter's owner thread while the caller waits.)"""
+    g = Guest(READ_LOOP, model_store=store, timeout=None)
+    g.acquire(store.model_id)
+    name = next(iter(store.gguf(store.model_id).tensors)).encode()
+    g.write(NAME_AT, name)
+    timer = threading.Timer(0.3, signal.pthread_kill, (threading.get_ident(), signal.SIGINT))
+    t0 = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            g.call("get_forever", store.model_id, NAME_AT, len(name))
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - t0 < STOP_WITHIN
+    assert g.trapped is not None
+    with pytest.raises(GuestError, match="trapped earlier"):
+        g.call("get_once", store.model_id, NAME_AT, len(name))
+    g.close()
+
+
+def test_a_guest_made_in_one_thread_serves_calls_from_another(store):
+    """Guests and compiled modules move between threads (wasmer-python's objects are bound to the
+    thread that made them, so its adapter makes and calls them all on one owner thread)."""
+    g = Guest(SPIN, model_store=store)
+    expect = g.call("work", 1000)
+    out: dict = {}
+
+    def elsewhere():
+        try:
+            out["same"] = g.call("work", 1000)
+            g.write(OUT_AT, b"abc")
+            out["read"] = g.read(OUT_AT, 3)
+            with Guest(SPIN, model_store=store) as h:  # the module compiled in the other thread
+                out["other"] = h.call("work", 1000)
+        except BaseException as e:
+            out["error"] = e
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join()
+    assert "error" not in out, repr(out["error"])
+    assert out == {"same": expect, "read": b"abc", "other": expect}
+    assert g.read(OUT_AT, 3) == b"abc" and g.call("work", 1000) == expect
+    g.close()
 
 
 def test_real_guest_deadline_mid_eval(model_path):
