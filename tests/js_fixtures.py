@@ -1,12 +1,13 @@
 """Test models for the JavaScript host's `node --test` suite, described by the Python oracle.
 
-    python3 tests/js_fixtures.py OUT_DIR     (pytest's test_js_host.py does this in a temp folder)
+    python3 tests/js_fixtures.py OUT_DIR     (tests/integration/test_js_node.py does this in a temp folder)
 
 writes `tiny-llama.gguf` (a synthetic llama model, tests/synth.py), `tiny-llama-foreign.gguf` (the
 same bytes plus padding: other content, for "foreign id" cases) and `tiny-llama.json`: the tensor
 table, the ModelConfigABI bytes and a few metadata strings exactly as realm.gguf / realm.config /
 realm.host.abi produce them, the Python store's content id, gguf-py's dequantization of two tensors,
-plus greedy tokens of the Python wasm host for a fixed prompt. The
+realm.tokenizer's ids and text for a few strings, plus greedy tokens of the Python wasm host for a
+fixed prompt. The
 node tests check the meta module's answers and the Node host's tokens against it.
 """
 
@@ -32,6 +33,7 @@ from realm.quants import GGMLType  # noqa: E402
 PROMPT_IDS = [1, 260, 300 - 5, 42, 7, 99]  # BOS and a few ids of the tiny vocabulary
 GREEDY_STEPS = 8
 DEQUANTIZED = ("output_norm.weight", "blk.0.attn_q.weight")  # an F32 and a Q8_0 tensor
+TEXTS = ("What is the capital of France?", "hello world", " the  Paris\n\nof", "Zürich ☃ 日本", "<s>the</s>", "")
 ROOT = Path(__file__).resolve().parents[1]
 HOSTILE_TABLE = ROOT / "tests" / "data" / "abi_hostile_calls.json"
 
@@ -46,7 +48,21 @@ def describe(path: Path) -> dict:
         strings = {k: g.metadata[k] for k in ("general.architecture", "general.name") if k in g.metadata}
     return {"tensors": tensors, "config_hex": abi.pack_model_config(cfg).hex(), "strings": strings,
             "size": path.stat().st_size, "python_id": str(content_id(hashlib.sha256(path.read_bytes()).digest())),
-            "dequantized": dequantized(path, DEQUANTIZED)}
+            "dequantized": dequantized(path, DEQUANTIZED), "tokenizer": tokenized(path, TEXTS)}
+
+
+def tokenized(path: Path, texts: tuple[str, ...]) -> dict:
+    """realm.tokenizer's answers (the oracle of the meta module's tokenizer as seen from JS)."""
+    from realm.tokenizer import Tokenizer
+
+    with GGUFFile(path) as g:
+        tok = Tokenizer.from_gguf(g)
+    out = []
+    for text in texts:
+        ids = tok.encode(text)
+        out.append({"text": text, "ids": ids, "ids_no_bos": tok.encode(text, add_bos=False),
+                    "ids_special": tok.encode(text, special=True), "decoded": tok.decode(ids)})
+    return {"cases": out, "stop_ids": sorted(tok.stop_ids), "bos_id": tok.bos_id}
 
 
 def dequantized(path: Path, names: tuple[str, ...]) -> dict[str, list[float]]:

@@ -12,7 +12,8 @@ const DEFAULT_PROMPT = "What is the capital of France?";
 const USAGE = `usage: node js/bin/realm.mjs run [PROMPT] [options]
 
 Generate a completion of PROMPT (default: "${DEFAULT_PROMPT}"; "-" reads stdin) with realm's
-WebAssembly guest hosted by Node.js.
+WebAssembly guest hosted by Node.js. With the built-in default prompt (and no --stop), generation
+ends at the first blank line after the answer, as in \`python -m realm run\`.
 
 options:
   -m, --model PATH        GGUF file (default: the model the Python package assembled in ~/.cache/realm)
@@ -112,11 +113,20 @@ async function run(argv) {
     return 0;
   }
   if (positionals.length > 1) throw new UsageError(`one PROMPT expected, got ${positionals.length}: quote it`);
-  let prompt = positionals[0] ?? DEFAULT_PROMPT;
-  if (prompt === "-") prompt = fs.readFileSync(0, "utf8");
+  let prompt = positionals[0];
+  let stop = o.stop ?? [];
+  let stopAfterText = false;
+  if (prompt === undefined && o["prompt-ids"] === undefined) {
+    // realm/cli.py: the default model is a base model and would go on with more questions
+    prompt = DEFAULT_PROMPT;
+    if (!stop.length) [stop, stopAfterText] = [["\n\n"], true];
+  } else if (prompt === "-") {
+    prompt = fs.readFileSync(0, "utf8");
+  }
   /** @type {string | {ids: number[]}} */
   let input = prompt;
   if (o["prompt-ids"] !== undefined) {
+    if (positionals.length) throw new UsageError("give PROMPT or --prompt-ids, not both");
     const ids = o["prompt-ids"].split(",").filter((x) => x.trim()).map((x) => num("prompt-ids", x.trim(), 0, 2 ** 31 - 1, true));
     if (!ids.length) throw new UsageError("--prompt-ids: give comma-separated token ids");
     input = { ids: /** @type {number[]} */ (ids) };
@@ -144,7 +154,8 @@ async function run(argv) {
       repeatPenalty: num("repeat-penalty", o["repeat-penalty"], Number.MIN_VALUE, 100),
       repeatLastN: num("repeat-last-n", o["repeat-last-n"], 0, 2 ** 31 - 1, true),
       seed: BigInt(seedText),
-      stop: o.stop ?? [],
+      stop,
+      stopAfterText,
       special: !!o.special,
     });
     for await (const piece of gen) if (!o.json) process.stdout.write(piece);

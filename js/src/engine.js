@@ -98,6 +98,8 @@ export async function createEngine(options) {
  * @property {number} [repeatLastN] default 64
  * @property {number | bigint} [seed] default 0
  * @property {string[]} [stop] stop strings
+ * @property {boolean} [stopAfterText] stop strings count only once the reply has non-whitespace text
+ *   (so "\n\n" can end an answer that starts with it), like realm/generate.py's stop_after_text
  * @property {boolean} [special] parse special-token text in the prompt
  * @property {boolean} [reset] empty the KV cache first (default true)
  * @property {AbortSignal} [signal]
@@ -289,11 +291,12 @@ export function heldBack(text, stops) {
   return best;
 }
 
-/** @param {string} text @param {string[]} stops */
-function firstStop(text, stops) {
+/** Where the first stop string starts in `text` at or after `from`, or -1.
+ * @param {string} text @param {string[]} stops @param {number} [from] */
+function firstStop(text, stops, from = 0) {
   let hit = -1;
   for (const s of stops) {
-    const i = text.indexOf(s);
+    const i = text.indexOf(s, from);
     if (i >= 0 && (hit < 0 || i < hit)) hit = i;
   }
   return hit;
@@ -336,6 +339,7 @@ export class Generation {
     if (!(Number.isInteger(this.maxTokens) && this.maxTokens >= 0)) throw new RealmError("maxTokens must be an integer >= 0");
     this.stop = [...(o.stop ?? [])];
     if (this.stop.some((s) => typeof s !== "string" || !s)) throw new RealmError("stop strings must be non-empty");
+    this.stopAfterText = !!o.stopAfterText;
     this.params = samplingParams(o);
     this.special = !!o.special;
     this.reset = o.reset ?? true;
@@ -349,6 +353,13 @@ export class Generation {
     this.stats.promptTokens = this.promptIds.length;
     this.cancelled = false;
     this.started = false;
+  }
+
+  /** Where stop strings may start in `pending` (past the reply's leading whitespace if asked).
+   * @param {string} pending */
+  stopFrom(pending) {
+    if (!this.stopAfterText || this.text.trim()) return 0;
+    return pending.length - pending.trimStart().length;
   }
 
   /** Stop after the current token. */
@@ -392,14 +403,15 @@ export class Generation {
       pending += e.meta.streamFeed(token);
       let keep = 0;
       if (stop.length) {
-        const hit = firstStop(pending, stop);
+        const from = this.stopFrom(pending);
+        const hit = firstStop(pending, stop, from);
         if (hit >= 0) {
           pending = pending.slice(0, hit);
           stats.stopReason = "stop_string";
           stringStop = true;
           break;
         }
-        keep = heldBack(pending, stop);
+        keep = from < pending.length ? heldBack(pending, stop) : 0;
       }
       if (pending.length > keep) {
         const piece = pending.slice(0, pending.length - keep);
@@ -419,7 +431,7 @@ export class Generation {
     if (!stringStop) {
       pending += e.meta.streamFlush();
       if (stop.length) {
-        const hit = firstStop(pending, stop);
+        const hit = firstStop(pending, stop, this.stopFrom(pending));
         if (hit >= 0) pending = pending.slice(0, hit);
       }
     }
