@@ -16,19 +16,12 @@ import sys
 
 
 def main() -> int:
-    from llama_cpp import llama_cpp as lib
-
-    default_params = lib.llama_model_default_params
-
-    def params():
-        p = default_params()
-        p.use_extra_bufts = False
-        return p
-
-    lib.llama_model_default_params = params
     from llama_cpp.server.__main__ import main as server_main
 
-    server_main()
+    from realm.bench_llamacpp import no_extra_buffer_types
+
+    with no_extra_buffer_types():
+        server_main()
     return 0
 
 

@@ -8,6 +8,8 @@ own process (nothing crosses the pipe inside the timed loop) and writes all-posi
 
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import json
 import os
@@ -116,12 +118,24 @@ class LlamaCppRunner:
 
 def _load(model: str, n_ctx: int, threads: int, logits_all: bool = False):
     import llama_cpp
+
+    with no_extra_buffer_types():
+        return llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads,
+                               n_threads_batch=threads, logits_all=logits_all, verbose=False)
+
+
+@contextlib.contextmanager
+def no_extra_buffer_types():
+    """Models loaded meanwhile use llama.cpp's plain CPU buffers (no weight repacking, no AMX).
+
+    `Llama(use_extra_bufts=False)` would land in **kwargs and be ignored: llama-cpp-python 0.3.36
+    builds the model params from `llama_model_default_params()`, so that function is wrapped. The AMX
+    path crashes on some Xeons; on this machine the plain CPU path measured as fast (2 threads,
+    default model). Used by the bench worker, tests/differential/test_llama_cpp.py and
+    benchmarks/llama_cpp_server.py.
+    """
     from llama_cpp import llama_cpp as lib
 
-    # `Llama(use_extra_bufts=False)` would land in **kwargs and be ignored: the field is set on the
-    # model params llama-cpp-python builds from `llama_model_default_params()`. Extra buffer types
-    # (weight repacking, AMX) are off because the AMX path crashes on some Xeons; on this machine
-    # the plain CPU path measured as fast (2 threads, default model).
     default_params = lib.llama_model_default_params
 
     def params():
@@ -131,8 +145,7 @@ def _load(model: str, n_ctx: int, threads: int, logits_all: bool = False):
 
     lib.llama_model_default_params = params
     try:
-        return llama_cpp.Llama(model_path=model, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads,
-                               n_threads_batch=threads, logits_all=logits_all, verbose=False)
+        yield
     finally:
         lib.llama_model_default_params = default_params
 

@@ -51,19 +51,11 @@ F32_DEFAULT_TOLERANCE = 2e-4
 
 @pytest.fixture(scope="module", autouse=True)
 def no_extra_buffer_types():
-    # llama.cpp's AMX buffer type crashes on these Xeons; llama-cpp-python 0.3.36 has no argument for
-    # use_extra_bufts, so its default model parameters are wrapped for the duration of this module.
-    module = llama_cpp.llama_cpp
-    original = module.llama_model_default_params
+    # llama.cpp's AMX buffer type crashes on these Xeons (see realm.bench_llamacpp)
+    from realm.bench_llamacpp import no_extra_buffer_types as plain_cpu_buffers
 
-    def params():
-        p = original()
-        p.use_extra_bufts = False
-        return p
-
-    module.llama_model_default_params = params
-    yield
-    module.llama_model_default_params = original
+    with plain_cpu_buffers():
+        yield
 
 
 def _llama_cpp_logits(path, tokens) -> np.ndarray:
