@@ -69,6 +69,15 @@ def default_model() -> Path:
         pytest.skip(str(e))
 
 
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests keep files worth looking at after the run (screenshots): $REALM_TEST_ARTIFACTS, else
+    test-artifacts/ in the checkout (git-ignored); each test overwrites its own file."""
+    path = Path(os.environ.get("REALM_TEST_ARTIFACTS") or ROOT / "test-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 # ---- guest runtimes -----------------------------------------------------------------------------------
 # Runtime-neutral guest tests take the `wasm_runtime` fixture (e.g. `pytestmark =
 # pytest.mark.usefixtures("wasm_runtime")`): they run once per runtime of realm.host.runtime.RUNTIMES,

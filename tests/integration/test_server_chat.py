@@ -127,7 +127,7 @@ def _chromium():
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
-def test_chat_page_streams_a_reply_in_headless_chromium(chat_srv, tmp_path):
+def test_chat_page_streams_a_reply_in_headless_chromium(chat_srv, artifacts_dir):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -159,7 +159,7 @@ def test_chat_page_streams_a_reply_in_headless_chromium(chat_srv, tmp_path):
         driver.find_element(By.ID, "send").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.error"))
         assert "chat template" in driver.find_element(By.CSS_SELECTOR, ".msg.error").text
-        shot = tmp_path / "chat_page.png"
+        shot = artifacts_dir / "chat_page.png"
         driver.save_screenshot(str(shot))
         print(f"chat page screenshot: {shot}")
         assert shot.stat().st_size > 1000
