@@ -66,6 +66,37 @@ def servers(model: str, port: int) -> dict[str, list[str]]:
     return out
 
 
+GUEST_BUDGET = 64 << 20  # realm serve's default --memory-budget
+PARALLEL = {"realm": 2, "realm_parallel8": 8}  # guests each realm server runs at most
+
+
+def summary_markdown(report: dict) -> str:
+    """The summary as a Markdown table, with issue 13's RSS bound for the realm servers: one copy of the
+    weights + one guest budget per parallel request + 200 MB."""
+    mb = lambda b: f"{b / 1e6:.0f}" if b else "–"  # noqa: E731
+    ms = lambda d, k: f"{d[k] * 1e3:.0f}" if d and d.get(k) is not None else "–"  # noqa: E731
+    lines = [f"Model `{Path(report['model']).name}` ({mb(report['model_bytes'])} MB), {report['duration_s']:.0f} s "
+             f"per phase, streaming `/v1/completions`, greedy, max_tokens {report['max_tokens']}.", "",
+             "| server | clients | ok / sent | errors | lost | tok/s (all clients) | tok/s per request (median) "
+             "| TTFT p50 / p99 ms | inter-token p50 / p99 ms | peak RSS MB (anon + file) | RSS bound MB | CPU cores |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["rows"]:
+        parts = r.get("server_rss_at_peak") or {}
+        n = PARALLEL.get(r["server"])
+        bound = mb(report["model_bytes"] + n * GUEST_BUDGET + 200e6) if n else "–"
+        per = r.get("per_request_decode_tokens_per_s_median")
+        cpu = f"{r['server_cpu_cores']:.2f}" if r.get("server_cpu_cores") is not None else "–"
+        lines.append(
+            f"| {r['server']} | {r['clients']} | {r['requests_ok']} / {r['requests_sent']} | "
+            f"{', '.join(f'{k}: {v}' for k, v in (r['errors'] or {}).items()) or 'none'} | {r['lost']} | "
+            f"{r['tokens_per_s']:.1f} | {f'{per:.1f}' if per else '–'} | "
+            f"{ms(r['ttft_s'], 'p50')} / {ms(r['ttft_s'], 'p99')} | "
+            f"{ms(r['inter_token_s'], 'p50')} / {ms(r['inter_token_s'], 'p99')} | "
+            f"{mb(r['server_peak_rss_bytes'])} ({mb(parts.get('RssAnon'))} + {mb(parts.get('RssFile'))}) | {bound} | "
+            f"{cpu} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="GGUF file (default: realm's default model)")
@@ -110,9 +141,11 @@ def main(argv=None) -> int:
             summary.append({"server": name, **{k: p.get(k) for k in (
                 "clients", "requests_sent", "requests_ok", "errors", "lost", "tokens_per_s",
                 "per_request_decode_tokens_per_s_median", "ttft_s", "inter_token_s", "server_peak_rss_bytes",
-                "server_cpu_cores")}})
-    (out / "summary.json").write_text(json.dumps({"model": model, "duration_s": args.duration,
-                                                  "max_tokens": args.max_tokens, "rows": summary}, indent=2))
+                "server_cpu_cores", "server_rss_at_peak", "machine_loadavg_end")}})
+    report = {"model": model, "model_bytes": os.path.getsize(model), "duration_s": args.duration,
+              "max_tokens": args.max_tokens, "rows": summary}
+    (out / "summary.json").write_text(json.dumps(report, indent=2))
+    (out / "summary.md").write_text(summary_markdown(report))
     for row in summary:
         print(json.dumps(row))
     return 0
