@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -120,9 +121,16 @@ def main(argv=None) -> int:
         port = free_port()
         cmd = [str(port) if c == "0" and cmd[i - 1] == "--port" else c for i, c in enumerate(cmd)]
         print(f"== {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # the server's output goes to a file: an unread pipe fills up and blocks a chatty server (llama.cpp)
+        log = tempfile.TemporaryFile(mode="w+")
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
-            wait_ready(port, proc)
+            try:
+                wait_ready(port, proc)
+            except RuntimeError:
+                log.seek(0)
+                print(f"{name}: {' | '.join(log.read().strip().splitlines()[-5:])}", file=sys.stderr)
+                raise
             extra = ["--no-usage"] if name == "llama_cpp_python" else []
             r = subprocess.run([sys.executable, str(HERE / "load.py"), "--url", f"http://127.0.0.1:{port}",
                                 "--clients", args.clients, "--duration", str(args.duration),
@@ -137,6 +145,10 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            log.close()
+    for name in servers(model, 0):  # every server measured into this folder, by this run or an earlier one
+        if not (out / f"{name}.json").is_file():
+            continue
         for p in json.loads((out / f"{name}.json").read_text())["phases"]:
             summary.append({"server": name, **{k: p.get(k) for k in (
                 "clients", "requests_sent", "requests_ok", "errors", "lost", "tokens_per_s",
