@@ -52,11 +52,9 @@ class BenchSettings:
     compare_llama_cpp: bool = False  # add llama.cpp rows (realm.bench_llamacpp, one process per thread count)
 
     def validate(self) -> "BenchSettings":
-        from realm.engines import ENGINE_NAMES
-
-        bad = [e for e in self.engines if e not in ENGINE_NAMES]
+        bad = [e for e in self.engines if e not in BENCH_ENGINES]
         if not self.engines or bad:
-            raise RealmError(f"unknown engine(s) {bad}; choose from {', '.join(ENGINE_NAMES)}")
+            raise RealmError(f"unknown engine(s) {bad}; choose from {', '.join(BENCH_ENGINES)}")
         if not self.threads or any(t < 1 for t in self.threads):
             raise RealmError("thread counts must be >= 1")
         from realm.host.runtime import RUNTIME_CHOICES
@@ -70,6 +68,15 @@ class BenchSettings:
 
 
 # ---------------------------------------------------------------- machine ------------------------
+
+
+def _bench_engines() -> tuple[str, ...]:
+    from realm.engines import ENGINE_NAMES
+
+    return (*ENGINE_NAMES, "node")  # node: the JavaScript host in a worker process (realm.bench_node)
+
+
+BENCH_ENGINES = _bench_engines()
 
 
 def machine_facts() -> dict[str, Any]:
@@ -346,6 +353,8 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
     report["runs"] = runs
     if settings.compare_llama_cpp:
         report["llama_cpp_ratios"] = llama_cpp_ratios(runs)
+    if "node" in settings.engines:
+        report["node_ratios"] = node_ratios(runs)
     names = list(logits)
     if len(names) > 1:
         base = "reference" if "reference" in logits else names[0]
@@ -364,6 +373,10 @@ def _create(model, name: str, n_ctx: int, options: dict[str, Any]):
         from realm.bench_llamacpp import LlamaCppRunner
 
         return LlamaCppRunner(model.path, n_ctx=n_ctx, threads=options["threads"])
+    if name == "node":
+        from realm.bench_node import NodeRunner
+
+        return NodeRunner(model.path, n_ctx=n_ctx, memory_budget=options["memory_budget"])
     return model.engine(name, n_ctx=n_ctx, **options)
 
 
@@ -385,7 +398,25 @@ def llama_cpp_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def node_ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Node host's medians divided by the Python host's guest (wasmtime) at the same budget and
+    instance count (1)."""
+    out = []
+    for run in runs:
+        if run["engine"] != "node":
+            continue
+        base = next((x for x in runs if x["engine"] == "wasm" and x.get("runtime") == "wasmtime"
+                     and x.get("threads") == 1 and x["variant"].startswith(run["variant"].split(",")[0])), None)
+        if base is not None:
+            out.append({"label": run["label"], "python": base["label"],
+                        "prefill": run["prefill_tps"]["median"] / base["prefill_tps"]["median"],
+                        "decode": run["decode_tps"]["median"] / base["decode_tps"]["median"]})
+    return out
+
+
 def _variants(name: str, settings: BenchSettings, model) -> list[tuple[str, dict[str, Any]]]:
+    if name == "node":  # one guest instance at the default budget (the Node host has no shards)
+        return [("64 MiB, 1 instance", {"memory_budget": 64 << 20, "threads": 1})]
     if name == "numba":
         return [(f"{t} thread{'s' if t > 1 else ''}", {"threads": t}) for t in settings.threads]
     if name == "wasm":  # every runtime, budget and thread count (guest instances, see realm.engines.wasm)
@@ -460,6 +491,10 @@ def format_markdown(r: dict[str, Any]) -> str:
         lines += ["", "Ratios to llama.cpp at the same thread count (÷ llama.cpp, prefill / decode):", ""]
         for x in r["llama_cpp_ratios"]:
             lines.append(f"- {x['label']}: prefill ×{x['prefill']:.2f}, decode ×{x['decode']:.2f}")
+    if r.get("node_ratios"):
+        lines += ["", "The Node host ÷ the Python host, same guest, budget and instance count (prefill / decode):", ""]
+        for x in r["node_ratios"]:
+            lines.append(f"- {x['label']} ÷ {x['python']}: prefill ×{x['prefill']:.2f}, decode ×{x['decode']:.2f}")
     if r.get("startup"):
         lines += ["", "## Start-up (fresh processes)", "", "| engine | cold s | cached s |", "| --- | ---: | ---: |"]
         for name, s in r["startup"].items():
@@ -467,7 +502,7 @@ def format_markdown(r: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {s['cold_seconds']:.2f} | {s['cached_seconds']:.2f} |")
             else:
                 lines.append(f"| {name} | n/a | n/a |")
-    guest = [x for x in r["runs"] if x["engine"] == "wasm"]
+    guest = [x for x in r["runs"] if x["engine"] in ("wasm", "node")]
     if guest:
         costs = r.get("host_calls") or {None: r.get("host_call", {})}
         lines += ["", "## Guest memory and boundary traffic", ""]
@@ -481,9 +516,13 @@ def format_markdown(r: dict[str, Any]) -> str:
             st = run["engine_stats"]
             peak = st.get("peak_memory", float("nan")) / 2**20
             calls = run.get("host_calls_per_token", float("nan"))
-            us = costs.get(run.get("runtime"), r.get("host_call", {})).get("us_per_call", float("nan"))
+            if run["engine"] == "node":  # the host-call loop is timed under the Python host's runtimes only
+                overhead = "–"
+            else:
+                us = costs.get(run.get("runtime"), r.get("host_call", {})).get("us_per_call", float("nan"))
+                overhead = f"{calls * us / 1000:.2f} ms"
             lines.append(f"| {run['label']} | {peak:.1f} | {run.get('bytes_fetched_per_token', float('nan')) / 1e6:.1f} MB | "
-                         f"{calls:.0f} | {calls * us / 1000:.2f} ms |")
+                         f"{calls:.0f} | {overhead} |")
     if r.get("agreement"):
         lines += ["", "## Logits agreement on the benchmark prompt", "",
                   "| pair | max abs diff | relative to max logit | top-1 agreement |", "| --- | ---: | ---: | ---: |"]

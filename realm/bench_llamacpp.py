@@ -3,31 +3,26 @@
 `LlamaCppRunner` (parent side) looks like a realm engine to `realm.bench`: it sends realm's token ids
 to the worker (`python -m realm.bench_llamacpp`), which times prefill and greedy decode inside its
 own process (nothing crosses the pipe inside the timed loop) and writes all-position logits to a
-.npy file for the agreement table. Optional: `pip install 'realm[llamacpp]'` (built from source).
+file for the agreement table (the protocol: realm.bench_worker). Optional: `pip install 'realm[llamacpp]'` (built from source).
 """
 
 from __future__ import annotations
 
 import contextlib
-
 import importlib.util
 import json
-import os
-import select
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from realm.bench_worker import WorkerEngine
 from realm.errors import RealmError
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 _TAG = "REALM-LLAMACPP "  # prefix of the worker's protocol lines (llama.cpp may print too)
-_REPLY_TIMEOUT_S = 900.0  # one request (model load, one timed run, all-logits pass)
 
 
 def available() -> bool:
@@ -35,7 +30,7 @@ def available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-class LlamaCppRunner:
+class LlamaCppRunner(WorkerEngine):
     """A llama.cpp model in a child process, driven with realm's token ids (one instance per thread count)."""
 
     name = "llama.cpp"
@@ -44,73 +39,8 @@ class LlamaCppRunner:
         if not available():
             raise RealmError("--compare-llama-cpp needs llama-cpp-python: pip install 'realm[llamacpp]' "
                              f"({LLAMA_CPP_PYTHON}, built from source)")
-        self.threads = threads
-        self._log = tempfile.TemporaryFile(mode="w+")  # the worker's stderr, quoted when it fails
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "realm.bench_llamacpp"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._log, text=True, bufsize=1)
-        self._stats: dict[str, Any] = {}
-        self._stats = self._request({"op": "load", "model": str(model_path), "n_ctx": n_ctx, "threads": threads})
-
-    def _request(self, msg: dict[str, Any]) -> dict[str, Any]:
-        proc = self._proc
-        if proc.poll() is not None:
-            raise RealmError(f"llama.cpp worker exited with code {proc.returncode}: {self._tail()}")
-        proc.stdin.write(json.dumps(msg) + "\n")
-        proc.stdin.flush()
-        deadline = time.monotonic() + _REPLY_TIMEOUT_S
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-                self.close()
-                raise RealmError(f"llama.cpp worker did not answer {msg['op']!r} within {_REPLY_TIMEOUT_S:.0f} s")
-            line = proc.stdout.readline()
-            if not line:
-                proc.wait(timeout=10)
-                raise RealmError(f"llama.cpp worker exited with code {proc.returncode} during "
-                                 f"{msg['op']!r}: {self._tail()}")
-            if line.startswith(_TAG):
-                reply = json.loads(line[len(_TAG):])
-                if "error" in reply:
-                    raise RealmError(f"llama.cpp worker: {reply['error']}")
-                return reply
-
-    def _tail(self) -> str:
-        self._log.seek(0)
-        lines = [ln for ln in self._log.read().splitlines() if ln.strip()]
-        return " | ".join(lines[-3:]) or "no output"
-
-    # --- the engine-like interface realm.bench uses -----------------------------------------------
-
-    def timed_generation(self, ids: list[int], gen_tokens: int) -> tuple[float, float, dict[str, float]]:
-        """(prefill s, decode s of gen_tokens greedy steps, {}) measured inside the worker."""
-        r = self._request({"op": "run", "ids": [int(i) for i in ids], "gen_tokens": gen_tokens})
-        return r["prefill_s"], r["decode_s"], {}
-
-    def eval(self, ids, all_logits: bool = False) -> np.ndarray:
-        """Logits (T, vocab) of every position of `ids` (from a fresh cache), or (vocab,) of the last."""
-        with tempfile.TemporaryDirectory(prefix="realm-llamacpp-") as tmp:
-            path = os.path.join(tmp, "logits.npy")
-            self._request({"op": "logits", "ids": [int(i) for i in ids], "path": path})
-            logits = np.load(path)  # (T, vocab) float32
-        return logits if all_logits else logits[-1]
-
-    def reset(self) -> None:
-        """Every request starts from an empty cache."""
-
-    def stats(self) -> dict[str, Any]:
-        return {"engine": self.name, "threads": self.threads, **self._stats}
-
-    def close(self) -> None:
-        proc = self._proc
-        if proc.poll() is None:
-            try:
-                proc.stdin.close()
-                proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                proc.kill()
-                proc.wait()
-        self._log.close()
+        super().__init__([sys.executable, "-m", "realm.bench_llamacpp"], _TAG, threads,
+                         {"model": str(model_path), "n_ctx": n_ctx, "threads": threads})
 
 
 # ------------------------------------------------------------------ worker (child process) ------
@@ -192,10 +122,10 @@ def _serve() -> None:
                 full = _load(**spec, logits_all=True)  # a second context that keeps every position's logits
                 try:
                     full.eval(msg["ids"])
-                    np.save(msg["path"], np.ascontiguousarray(full.scores[:len(msg["ids"])], np.float32))
+                    np.ascontiguousarray(full.scores[:len(msg["ids"])], "<f4").tofile(msg["path"])
                 finally:
                     full.close()
-                reply({"ok": True})
+                reply({"shape": [len(msg["ids"]), full.n_vocab()]})
             else:
                 reply({"error": f"unknown op {msg['op']!r}"})
         except Exception as e:  # reported to the parent, which raises RealmError

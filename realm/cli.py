@@ -224,19 +224,19 @@ def _int_list(ctx, param, value):
 
 
 def _engine_list(ctx, param, value):
-    from realm.engines import ENGINE_NAMES
+    from realm.bench import BENCH_ENGINES
 
     items = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [v for v in items if v not in ENGINE_NAMES]
+    bad = [v for v in items if v not in BENCH_ENGINES]
     if not items or bad:
-        raise click.BadParameter(f"unknown engine(s) {bad}; choose from {','.join(ENGINE_NAMES)}")
+        raise click.BadParameter(f"unknown engine(s) {bad}; choose from {','.join(BENCH_ENGINES)}")
     return items
 
 
 @main.command()
 @click.option("-m", "--model", type=click.Path(dir_okay=True), help="GGUF file (default: the default model).")
 @click.option("--engines", default="wasm,numba", show_default=True, callback=_engine_list,
-              help="Comma-separated: wasm, numba, reference.")
+              help="Comma-separated: wasm, numba, reference, node (the JavaScript host, Node.js >= 20).")
 @click.option("--threads", default="1,2", show_default=True, callback=_int_list,
               help="Thread counts: Numba threads; wasm guest instances sharing the weight matrices.")
 @click.option("--prompt-tokens", type=click.IntRange(1, 4096), default=128, show_default=True)

@@ -18,6 +18,9 @@ import { GGUFError, GuestError, RealmError, UnsupportedError } from "./errors.js
 export const MAX_BATCH = 64; // positions per realm_eval call
 export const DEFAULT_CTX = 2048;
 const EVAL_LAST = 0;
+const EVAL_ALL = 1;
+/** evalAll's chunks keep at most memoryBudget / LOGITS_SHARE bytes of logits in the guest (realm/engines/wasm.py) */
+const LOGITS_SHARE = 8;
 const TIMEOUT_SCALE_BYTES = 512 * 2 ** 20;
 
 /**
@@ -127,6 +130,8 @@ export class Engine {
     if (ctx > this.config.context_length) throw new RealmError(`context ${ctx} exceeds the model's trained context length ${this.config.context_length}`);
     this.nCtx = ctx;
     this.memoryBudget = guest.memoryBudget;
+    /** all-logits positions per realm_eval call; halved when the guest runs short (evalAll) */
+    this.logitsStep = MAX_BATCH;
     const timeout = options.timeout ?? "auto";
     guest.timeout = timeout === "auto" ? DEFAULT_TIMEOUT * Math.max(1, this.entry.tensorBytes / TIMEOUT_SCALE_BYTES) : timeout;
     const t1 = performance.now();
@@ -148,12 +153,7 @@ export class Engine {
 
   /** Append ids to the KV cache (logits of the last position stay in the guest). @param {number[]} ids */
   eval(ids) {
-    if (!ids.length) throw new GuestError("eval needs at least one token");
-    const bad = ids.find((t) => !(Number.isInteger(t) && t >= 0 && t < this.vocab));
-    if (bad !== undefined) throw guestError(`token id ${bad} is outside the vocabulary of ${this.vocab}`, ERR.ERR_BAD_TOKEN);
-    if (this.nPast + ids.length > this.nCtx) {
-      throw guestError(`evaluating ${ids.length} token(s) after ${this.nPast} exceeds the context of ${this.nCtx}`, ERR.ERR_CONTEXT_FULL);
-    }
+    this.checkIds(ids);
     for (let lo = 0; lo < ids.length; lo += MAX_BATCH) {
       const chunk = Int32Array.from(ids.slice(lo, lo + MAX_BATCH));
       this.guest.write(this.tokPtr, new Uint8Array(chunk.buffer));
@@ -164,6 +164,54 @@ export class Engine {
       }
       if (rc < 0) throw guestError("realm_eval failed", rc);
       this.nPast += chunk.length;
+    }
+  }
+
+  /**
+   * Append ids to the KV cache and return every position's logits, (ids.length × vocab) row-major, as
+   * realm/engines/wasm.py's eval(ids, all_logits=True) does: chunks of as many positions as
+   * memoryBudget / LOGITS_SHARE bytes of logits hold, with EVAL_ALL.
+   * @param {number[]} ids
+   */
+  evalAll(ids) {
+    this.checkIds(ids);
+    const out = new Float32Array(ids.length * this.vocab);
+    let step = Math.max(1, Math.min(MAX_BATCH, this.logitsStep,
+      Math.floor(this.memoryBudget / LOGITS_SHARE / (4 * this.vocab))));
+    let lo = 0;
+    while (lo < ids.length) {
+      const chunk = ids.slice(lo, lo + step);
+      this.guest.write(this.tokPtr, new Uint8Array(Int32Array.from(chunk).buffer));
+      const rc = this.guest.call("realm_eval", this.tokPtr, chunk.length, EVAL_ALL);
+      if (rc === ERR.ERR_OOM && step > 1) { // no room for (step, vocab) logits beside the caches: halve, retry
+        step = this.logitsStep = step >> 1;
+        continue;
+      }
+      if (rc === ERR.ERR_OOM) { // last resort: one position, last-position logits only
+        this.guest.write(this.tokPtr, new Uint8Array(Int32Array.of(chunk[0]).buffer));
+        const rc1 = this.guest.call("realm_eval", this.tokPtr, 1, EVAL_LAST);
+        if (rc1 < 0) throw guestError("realm_eval of 1 position failed", rc1);
+        this.nPast += 1;
+        out.set(this.logits(), lo * this.vocab);
+        lo += 1;
+        continue;
+      }
+      if (rc < 0) throw guestError(`realm_eval of ${chunk.length} position(s) with all logits failed`, rc);
+      this.nPast += chunk.length;
+      const ptr = this.guest.call("realm_logits_ptr") >>> 0;
+      out.set(new Float32Array(this.guest.read(ptr, 4 * this.vocab * chunk.length).buffer), lo * this.vocab);
+      lo += chunk.length;
+    }
+    return out;
+  }
+
+  /** @param {number[]} ids */
+  checkIds(ids) {
+    if (!ids.length) throw new GuestError("eval needs at least one token");
+    const bad = ids.find((t) => !(Number.isInteger(t) && t >= 0 && t < this.vocab));
+    if (bad !== undefined) throw guestError(`token id ${bad} is outside the vocabulary of ${this.vocab}`, ERR.ERR_BAD_TOKEN);
+    if (this.nPast + ids.length > this.nCtx) {
+      throw guestError(`evaluating ${ids.length} token(s) after ${this.nPast} exceeds the context of ${this.nCtx}`, ERR.ERR_CONTEXT_FULL);
     }
   }
 

@@ -165,6 +165,30 @@ def test_bench_compare_llama_cpp_on_a_tiny_model(tiny_model, tmp_path):
     assert "÷ llama.cpp" in (out / "report.md").read_text()
 
 
+def test_bench_node_row_runs_the_javascript_host(tiny_model, tmp_path):
+    """`--engines wasm,node`: the Node host's row, measured in its own process, with the same logits as
+    the Python host's guest (same guest, same ids) and its ratio to it."""
+    from test_js_node import node_or_skip
+
+    node_or_skip()
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", "--model", str(tiny_model), "--engines", "wasm,node", "--threads", "1",
+                                       "--runtime", "wasmtime", "--prompt-tokens", "12", "--gen-tokens", "3",
+                                       "--repeat", "2", "--no-startup", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    (node,) = [r for r in report["runs"] if r["engine"] == "node"]
+    assert node["label"] == "node[64 MiB, 1 instance]"
+    assert node["decode_tps"]["n"] == 2 and node["decode_tps"]["min"] > 0 and node["prefill_tps"]["min"] > 0
+    assert 0 < node["engine_stats"]["peak_memory"] <= 64 << 20
+    assert node["host_calls_per_token"] > 0 and node["bytes_fetched_per_token"] > 0
+    (ratio,) = report["node_ratios"]
+    assert ratio["python"] == "wasm (wasmtime)[64 MiB, 1 thread]" and ratio["decode"] > 0
+    agree = report["agreement"]["node vs wasm (wasmtime)"]
+    assert agree["positions"] == 12 and agree["top1_agreement"] == 1.0 and agree["max_abs_diff"] == 0.0
+    assert "The Node host ÷ the Python host" in (out / "report.md").read_text()
+
+
 def test_bench_has_a_wasm_row_set_per_runtime():
     """`--runtime all` (the default): the 64 MiB and resident rows for every installed runtime; a
     runtime without parallel calls (wasmer) gets only the 1-instance rows whatever --threads says."""
