@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from realm.errors import KernelArgumentError
@@ -29,11 +30,12 @@ __all__ = ["Int8Rows", "REPACK_TYPES", "repack", "repacked_bytes", "matvec_int8"
 
 _ROW_CHUNK = 64  # rows per prange task in matvec (a multiple of 4)
 _TILE_ROWS = 16  # rows per matmul tile: (16, cols) float32 scratch per task
-# Smaller matrices run on the calling thread: a decode step of the default model (Q5_0/Q6_K layer
-# matrices of 0.2-1.7 MB repacked) ran 30.4 tok/s serial against 21.7 tok/s with these matvecs split
-# over 2 threads (one process, 3 interleaved rounds, shared machine): a parallel launch and the
-# sleeping worker's wake-up cost more than half of such a matvec.
-PARALLEL_MIN_BYTES = 4 << 20
+# Smaller matrices run on the calling thread (a parallel launch and the sleeping worker's wake-up
+# cost tens of microseconds). Default model, 2 threads, decode of its 0.2-1.7 MB repacked Q5_0/Q6_K
+# layer matrices, one process, 6 interleaved rounds on a quiet machine (2026-12-04): 26.4-27.6 tok/s
+# with a 4 MiB threshold (every layer matvec serial), 29.1-30.8 with 256 KiB. (An earlier run on a
+# shared machine had favoured 4 MiB: 30.4 serial vs 21.7 split; a descheduled worker stalls a split.)
+PARALLEL_MIN_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -463,7 +465,7 @@ def matvec_int8(m: Int8Rows, x: np.ndarray, out: np.ndarray, parallel: bool | No
     _check_f32(x, "x", x.shape)
     _check_f32(out, "out", (m.qs.shape[0],), writeable=True)
     if parallel is None:
-        parallel = m.nbytes >= PARALLEL_MIN_BYTES
+        parallel = m.nbytes >= PARALLEL_MIN_BYTES and numba.get_num_threads() > 1
     (_matvec_parallel if parallel else _matvec_serial)(m.qs, m.scale, m.bias, m.group, x, out)
     return out
 
