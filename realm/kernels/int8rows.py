@@ -60,9 +60,12 @@ class Int8Rows:
 # ---------------------------------------------------------------------------------------------
 # Repack, one kernel per type: w (rows, row_bytes) uint8 -> qs, scale, bias (see the module doc)
 # ---------------------------------------------------------------------------------------------
+# Serial (`prange` is `range` outside a parallel kernel): repacking all of the default model's
+# matrices takes 0.08 s on 1 thread, while a parallel kernel costs about twice the compile time
+# of a serial one on a fresh install.
 
 
-@pjit
+@jit
 def _repack_q8_0(w, tbl, qs, scale, bias):
     """Q8_0 block (34 B): d f16 | qs[32] int8."""
     wi = w.view(np.int8)
@@ -75,7 +78,7 @@ def _repack_q8_0(w, tbl, qs, scale, bias):
                 qs[r, 32 * b + j] = wi[r, o + 2 + j]
 
 
-@pjit
+@jit
 def _repack_q4q5(w, tbl, qs, scale, bias, bpb, m_off, qh_off, qs_off, offset):
     """Q4_0 / Q4_1 / Q5_0 / Q5_1 (bytes per block, m f16 at m_off or -1, qh u32 at qh_off or -1,
     qs[16] at qs_off): element j < 16 is the low nibble of qs[j], j >= 16 the high nibble of
@@ -99,7 +102,7 @@ def _repack_q4q5(w, tbl, qs, scale, bias, bpb, m_off, qh_off, qs_off, offset):
                 qs[r, 32 * b + j + 16] = np.int8(hi - offset)
 
 
-@pjit
+@jit
 def _repack_k4(w, tbl, qs, scale, bias, bpb, qh_off, qs_off):
     """Q4_K (144 B) / Q5_K (176 B, qh[32] at qh_off): d | dmin | scales[12] | [qh] | qs[128].
 
@@ -131,7 +134,7 @@ def _repack_k4(w, tbl, qs, scale, bias, bpb, qh_off, qs_off):
                     qs[r, 256 * b + 64 * c + 32 + l] = np.int8(hi)
 
 
-@pjit
+@jit
 def _repack_q6_k(w, tbl, qs, scale, bias):
     """Q6_K (210 B): ql[128] | qh[64] | scales[16] int8 | d f16 (d last); groups of 16, q - 32.
 
