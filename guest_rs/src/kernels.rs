@@ -484,7 +484,16 @@ pub fn uses_xq(t: GgmlType) -> bool {
 /// Quantize x (len a multiple of 32) into q, d, s.
 pub fn quantize_x(x: &[f32], q: &mut [i16], d: &mut [f32], s: &mut [f32]) {
     for (b, xb) in x.chunks_exact(QKX).enumerate() {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // `if a > m` rather than f32::max, which compiles to a call of libm's fmaxf in wasm32 (the
+        // same result: a NaN compares false either way and is skipped)
+        let amax = xb.iter().fold(0f32, |m, v| {
+            let a = v.abs();
+            if a > m {
+                a
+            } else {
+                m
+            }
+        });
         let db = amax / 32767.0;
         let id = if db > 0.0 { 1.0 / db } else { 0.0 };
         let mut isum = 0i32;
@@ -1306,18 +1315,43 @@ pub fn matmul(
     tmp: &mut [f32],
     xqb: &mut XQBuf,
 ) {
+    if uses_xq(t) {
+        quantize_tokens(x, nt, cols, xqb);
+    }
+    matmul_quantized(t, w, rows, cols, x, nt, out, out_stride, tmp, xqb);
+}
+
+/// Quantize the nt tokens of x (nt, cols) into `xqb` for `matmul_quantized` (`uses_xq` types).
+pub fn quantize_tokens(x: &[f32], nt: usize, cols: usize, xqb: &mut XQBuf) {
+    let nb = cols / QKX;
+    for ti in 0..nt {
+        quantize_x(
+            &x[ti * cols..(ti + 1) * cols],
+            &mut xqb.q[ti * cols..(ti + 1) * cols],
+            &mut xqb.d[ti * nb..(ti + 1) * nb],
+            &mut xqb.s[ti * nb..(ti + 1) * nb],
+        );
+    }
+}
+
+/// `matmul` with x already quantized into `xqb` by `quantize_tokens` (for `uses_xq` types; others
+/// read x): a matrix streamed in several chunks quantizes its input once, not once per chunk.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_quantized(
+    t: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    nt: usize,
+    out: &mut [f32],
+    out_stride: usize,
+    tmp: &mut [f32],
+    xqb: &XQBuf,
+) {
     let row_bytes = w.len() / rows.max(1);
     if uses_xq(t) {
         let nb = cols / QKX;
-        for ti in 0..nt {
-            let xt = &x[ti * cols..(ti + 1) * cols];
-            quantize_x(
-                xt,
-                &mut xqb.q[ti * cols..(ti + 1) * cols],
-                &mut xqb.d[ti * nb..(ti + 1) * nb],
-                &mut xqb.s[ti * nb..(ti + 1) * nb],
-            );
-        }
         let mut r0 = 0;
         if nt == 1 {
             let xq = XQ {

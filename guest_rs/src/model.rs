@@ -403,12 +403,15 @@ impl Weights {
         stats().cache_misses += 1;
         let fit = (self.chunk.len() / rb).max(1);
         let rows_per_chunk = if fit >= 4 { fit / 4 * 4 } else { fit };
+        if kernels::uses_xq(m.ggml_type) {
+            kernels::quantize_tokens(x, nt, m.cols, xqb); // once for every chunk
+        }
         let mut r = r0;
         while r < r1 {
             let n = rows_per_chunk.min(r1 - r);
             let buf = &mut self.chunk[..n * rb];
             fetch(self.model_id, m.handle, m.base + r as u64 * rb as u64, buf)?;
-            kernels::matmul(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r - r0..], out_stride, tmp, xqb);
+            kernels::matmul_quantized(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r - r0..], out_stride, tmp, xqb);
             r += n;
         }
         Ok(())
@@ -1365,8 +1368,10 @@ fn rope(h: &mut [f32], cs: &[f32], half: usize, style: u32) {
 
 fn activation(kind: u32, x: f32) -> f32 {
     if kind == ACT_GELU_TANH {
-        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-        0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+        // 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): one expf instead of
+        // tanhf (expm1f inside), as the Numba engine's kernel computes it (realm/kernels/ops.py)
+        const TWO_SQRT_2_OVER_PI: f32 = 1.595_769_1;
+        x / (1.0 + (-(TWO_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))).exp())
     } else {
         x / (1.0 + (-x).exp())
     }
