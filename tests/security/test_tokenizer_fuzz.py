@@ -227,5 +227,5 @@ def test_stream_decoder_equals_decode(streamed, data, name, special, lstrip):
     whole = tok.decode(ids, special=special)
     if lstrip or not tok._lstrip_first:
         assert "".join(pieces) == whole
-    else:  # without lstrip_first the first piece keeps its space
-        assert "".join(pieces).removeprefix(" ") == whole.removeprefix(" ")
+    else:  # without lstrip_first the first piece keeps the one space decode() strips (of "   ", say)
+        assert "".join(pieces) in (whole, " " + whole)
