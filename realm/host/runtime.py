@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,13 +57,20 @@ _INSTALL_HINT = {
 default_runtime = os.environ.get("REALM_RUNTIME", "auto")
 
 _modules: dict[str, "CompiledModule"] = {}
+_live_guests: "weakref.WeakSet[Guest]" = weakref.WeakSet()
 
 
 @atexit.register
 def _drop_modules() -> None:
-    # Compiled modules outlive everything else in the process; freed by the interpreter's final
-    # garbage collection, after the runtime's own module is torn down, wasmtime-py's finalizers fail
-    # noisily. Dropping them while the runtime is still whole keeps exit quiet.
+    # Compiled modules outlive everything else in the process, and so do guests a script keeps in a
+    # global; freed by the interpreter's final garbage collection, after the runtime's own module is
+    # torn down, wasmtime-py's finalizers fail noisily ("Exception ignored in Managed.__del__").
+    # Closing them while the runtime is still whole keeps exit quiet.
+    for g in list(_live_guests):
+        try:
+            g.close()
+        except Exception:  # exiting: a guest that cannot close cleanly is dropped anyway
+            pass
     _modules.clear()
 _holder_ids = itertools.count(1)
 
@@ -280,6 +288,7 @@ class Guest:
             self._release()
             raise
         self.instantiate_seconds = time.perf_counter() - t1
+        _live_guests.add(self)
 
     def _module(self, wasm) -> CompiledModule:
         if isinstance(wasm, CompiledModule):
