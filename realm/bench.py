@@ -50,6 +50,7 @@ class BenchSettings:
     startup: bool = True  # measure cold/cached compile in subprocesses
     interleave: bool = True  # round-robin the repeats over all engines (all alive at once)
     compare_llama_cpp: bool = False  # add llama.cpp rows (realm.bench_llamacpp, one process per thread count)
+    isolate: bool = True  # each of realm's engine variants in a worker process of its own (realm.bench_local)
 
     def validate(self) -> "BenchSettings":
         bad = [e for e in self.engines if e not in BENCH_ENGINES]
@@ -321,7 +322,7 @@ def run_bench(settings: BenchSettings, progress: Progress = lambda s: None) -> d
                 label = f"{key}[{variant}]" if variant else key
                 progress(f"{label}: creating engine")
                 t0 = time.perf_counter()
-                engine = _create(model, name, n_ctx, options)
+                engine = _create(model, name, n_ctx, options, settings.isolate)
                 run = {"engine": name, "variant": variant, "label": label, "threads": options.get("threads"),
                        "runtime": options.get("runtime"),
                        "create_seconds": time.perf_counter() - t0}
@@ -368,7 +369,7 @@ def _engine_key(run: dict[str, Any]) -> str:
     return f"{run['engine']} ({run['runtime']})" if run.get("runtime") else run["engine"]
 
 
-def _create(model, name: str, n_ctx: int, options: dict[str, Any]):
+def _create(model, name: str, n_ctx: int, options: dict[str, Any], isolate: bool = False):
     if name == "llama.cpp":
         from realm.bench_llamacpp import LlamaCppRunner
 
@@ -377,6 +378,10 @@ def _create(model, name: str, n_ctx: int, options: dict[str, Any]):
         from realm.bench_node import NodeRunner
 
         return NodeRunner(model.path, n_ctx=n_ctx, memory_budget=options["memory_budget"])
+    if isolate:
+        from realm.bench_local import LocalRunner
+
+        return LocalRunner(model.path, name, n_ctx, options)
     return model.engine(name, n_ctx=n_ctx, **options)
 
 

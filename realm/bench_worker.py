@@ -1,5 +1,5 @@
-"""An engine in a process of its own, for `realm bench`: the llama.cpp row (realm.bench_llamacpp) and the
-Node host's row (realm.bench_node).
+"""An engine in a process of its own, for `realm bench`: realm's engines (realm.bench_local), the llama.cpp
+row (realm.bench_llamacpp) and the Node host's row (realm.bench_node).
 
 `WorkerEngine` (parent side) looks like a realm engine to `realm.bench`: it sends realm's token ids to
 the worker, which times prefill and greedy decode inside its own process (nothing crosses the pipe in

@@ -251,9 +251,11 @@ def _engine_list(ctx, param, value):
                    "fed realm's token ids) and the ratios to them.")
 @click.option("--runtime", type=click.Choice(["all", "auto", "wasmtime", "wasmer"]), default="all", show_default=True,
               help="wasm engine: guest runtime(s) to measure (all: every installed one; wasmer needs CPython 3.10).")
+@click.option("--in-process", is_flag=True,
+              help="Run realm's engines in this process instead of one worker process per engine variant.")
 @handle_errors
 def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, no_startup, sequential,
-          compare_llama_cpp, runtime):
+          compare_llama_cpp, runtime, in_process):
     """Benchmark engines on one model; writes report.json, report.md (and report.png with matplotlib)."""
     from realm.bench import BenchSettings, run_bench, write_report
 
@@ -263,7 +265,8 @@ def bench(model, engines, threads, prompt_tokens, gen_tokens, repeat, out_dir, n
         default_model_path(_Progress("assembling the default model"))
     settings = BenchSettings(model=model, engines=engines, threads=threads, prompt_tokens=prompt_tokens,
                              gen_tokens=gen_tokens, repeat=repeat, out_dir=out_dir, startup=not no_startup,
-                             interleave=not sequential, compare_llama_cpp=compare_llama_cpp, runtimes=(runtime,))
+                             interleave=not sequential, compare_llama_cpp=compare_llama_cpp, runtimes=(runtime,),
+                             isolate=not in_process)
     t0 = time.perf_counter()
     report = run_bench(settings, progress=lambda msg: click.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True))
     paths = write_report(report, out_dir)

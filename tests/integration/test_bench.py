@@ -91,6 +91,25 @@ def test_bench_cli_writes_a_measured_report(tiny_model, tmp_path):
         assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
+def test_bench_runs_each_engine_in_its_own_process_unless_asked(tiny_model, tmp_path):
+    """By default every engine variant is created and timed in a worker process of its own
+    (realm.bench_local, which reports the worker's pid); --in-process keeps them in this one."""
+    import os
+
+    pids = {}
+    for flag in ([], ["--in-process"]):
+        out = tmp_path / ("in" if flag else "iso")
+        result = CliRunner().invoke(main, ["bench", "--model", str(tiny_model), "--engines", "wasm,numba", "--threads", "1",
+                                           "--runtime", "wasmtime", "--prompt-tokens", "6", "--gen-tokens", "2",
+                                           "--repeat", "1", "--no-startup", "--out", str(out), *flag])
+        assert result.exit_code == 0, result.output
+        report = json.loads((out / "report.json").read_text())
+        pids[bool(flag)] = [r["engine_stats"].get("pid") for r in report["runs"]]
+    isolated = pids[False]
+    assert None not in isolated and os.getpid() not in isolated and len(set(isolated)) == len(isolated), isolated
+    assert pids[True] == [None] * len(pids[True])
+
+
 def test_wasm_startup_is_measured_in_fresh_processes():
     from realm.bench import startup_times
     from realm.host.runtime import available_runtimes
