@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from realm.bench_worker import WorkerEngine
+from realm.bench_worker import WorkerEngine, serve
 from realm.errors import RealmError
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
@@ -87,49 +86,40 @@ def _last_logits(llm) -> np.ndarray:
 
 
 def _serve() -> None:
-    out = sys.stdout
-    llm = None
-    spec: dict[str, Any] = {}
+    state: dict[str, Any] = {}
 
-    def reply(obj: dict[str, Any]) -> None:
-        out.write(_TAG + json.dumps(obj) + "\n")
-        out.flush()
+    def load(msg):
+        state["spec"] = spec = {k: msg[k] for k in ("model", "n_ctx", "threads")}
+        t0 = time.perf_counter()
+        state["llm"] = _load(**spec)
+        import llama_cpp
 
-    for line in sys.stdin:
-        msg = json.loads(line)
+        return {"load_seconds": time.perf_counter() - t0, "llama_cpp_python": llama_cpp.__version__,
+                "use_extra_bufts": False}
+
+    def run(msg):
+        llm, ids, n = state["llm"], msg["ids"], msg["gen_tokens"]
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(ids)
+        prefill = time.perf_counter() - t0  # like realm.bench.time_generation: the argmax after
+        token = int(np.argmax(_last_logits(llm)))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            llm.eval([token])
+            token = int(np.argmax(_last_logits(llm)))
+        return {"prefill_s": prefill, "decode_s": time.perf_counter() - t0}
+
+    def logits(msg):
+        full = _load(**state["spec"], logits_all=True)  # a second context that keeps every position's logits
         try:
-            if msg["op"] == "load":
-                spec = {k: msg[k] for k in ("model", "n_ctx", "threads")}
-                t0 = time.perf_counter()
-                llm = _load(**spec)
-                import llama_cpp
+            full.eval(msg["ids"])
+            np.ascontiguousarray(full.scores[:len(msg["ids"])], "<f4").tofile(msg["path"])
+        finally:
+            full.close()
+        return {"shape": [len(msg["ids"]), full.n_vocab()]}
 
-                reply({"load_seconds": time.perf_counter() - t0, "llama_cpp_python": llama_cpp.__version__,
-                       "use_extra_bufts": False})
-            elif msg["op"] == "run":
-                ids, n = msg["ids"], msg["gen_tokens"]
-                llm.reset()
-                t0 = time.perf_counter()
-                llm.eval(ids)
-                prefill = time.perf_counter() - t0  # like realm.bench.time_generation: the argmax after
-                token = int(np.argmax(_last_logits(llm)))
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    llm.eval([token])
-                    token = int(np.argmax(_last_logits(llm)))
-                reply({"prefill_s": prefill, "decode_s": time.perf_counter() - t0})
-            elif msg["op"] == "logits":
-                full = _load(**spec, logits_all=True)  # a second context that keeps every position's logits
-                try:
-                    full.eval(msg["ids"])
-                    np.ascontiguousarray(full.scores[:len(msg["ids"])], "<f4").tofile(msg["path"])
-                finally:
-                    full.close()
-                reply({"shape": [len(msg["ids"]), full.n_vocab()]})
-            else:
-                reply({"error": f"unknown op {msg['op']!r}"})
-        except Exception as e:  # reported to the parent, which raises RealmError
-            reply({"error": f"{type(e).__name__}: {e}"})
+    serve(_TAG, {"load": load, "run": run, "logits": logits})
 
 
 if __name__ == "__main__":

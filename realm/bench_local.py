@@ -9,7 +9,6 @@ realm.bench_local`, which loads the model, creates the engine and times it with 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from realm.bench_worker import WorkerEngine
+from realm.bench_worker import WorkerEngine, serve
 
 _TAG = "REALM-LOCAL "
 
@@ -35,51 +34,36 @@ class LocalRunner(WorkerEngine):
         super().__init__([sys.executable, "-m", "realm.bench_local"], _TAG, int(options.get("threads") or 1),
                          {"model": str(model_path), "engine": name, "n_ctx": n_ctx, "options": options})
 
-    def timed_generation(self, ids: list[int], gen_tokens: int) -> tuple[float, float, dict[str, float]]:
-        r = self._request({"op": "run", "ids": [int(i) for i in ids], "gen_tokens": gen_tokens})
-        self._stats.update(r.get("stats", {}))
-        return r["prefill_s"], r["decode_s"], r.get("per_token", {})
-
-    def stats(self) -> dict[str, Any]:
-        return dict(self._stats)
-
 
 def _serve() -> None:
     import realm
     from realm.bench import time_generation
 
-    out = sys.stdout
-    engine = None
+    state: dict[str, Any] = {}
 
-    def reply(obj: dict[str, Any]) -> None:
-        out.write(_TAG + json.dumps(obj) + "\n")
-        out.flush()
+    def engine():
+        if "engine" not in state:
+            raise RuntimeError("no engine: 'load' first")
+        return state["engine"]
 
-    for line in sys.stdin:
-        msg = json.loads(line)
-        try:
-            if msg["op"] == "load":
-                t0 = time.perf_counter()
-                model = realm.load(msg["model"])
-                engine = model.engine(msg["engine"], n_ctx=msg["n_ctx"], **msg["options"])
-                reply({**_plain(engine.stats()), "load_seconds": time.perf_counter() - t0, "pid": os.getpid()})
-            elif engine is None:
-                reply({"error": f"{msg['op']} before load"})
-            elif msg["op"] == "run":
-                prefill, decode, per_token = time_generation(engine, msg["ids"], msg["gen_tokens"])
-                reply({"prefill_s": prefill, "decode_s": decode, "per_token": per_token,
-                       "stats": _plain(engine.stats())})
-            elif msg["op"] == "logits":
-                engine.reset()
-                logits = np.ascontiguousarray(engine.eval(msg["ids"], all_logits=True), "<f4")  # (T, vocab)
-                logits.tofile(msg["path"])
-                reply({"shape": list(logits.shape)})
-            else:
-                reply({"error": f"unknown op {msg['op']!r}"})
-        except Exception as e:  # reported to the parent, which raises RealmError
-            reply({"error": f"{type(e).__name__}: {e}"})
-    if engine is not None:
-        engine.close()
+    def load(msg):
+        t0 = time.perf_counter()
+        e = state["engine"] = realm.load(msg["model"]).engine(msg["engine"], n_ctx=msg["n_ctx"], **msg["options"])
+        return {**_plain(e.stats()), "load_seconds": time.perf_counter() - t0, "pid": os.getpid()}
+
+    def run(msg):
+        prefill, decode, per_token = time_generation(engine(), msg["ids"], msg["gen_tokens"])
+        return {"prefill_s": prefill, "decode_s": decode, "per_token": per_token, "stats": _plain(engine().stats())}
+
+    def logits(msg):
+        engine().reset()
+        out = np.ascontiguousarray(engine().eval(msg["ids"], all_logits=True), "<f4")  # (T, vocab)
+        out.tofile(msg["path"])
+        return {"shape": list(out.shape)}
+
+    serve(_TAG, {"load": load, "run": run, "logits": logits})
+    if "engine" in state:
+        state["engine"].close()
 
 
 if __name__ == "__main__":

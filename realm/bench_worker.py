@@ -15,9 +15,10 @@ import json
 import os
 import select
 import subprocess
+import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,6 +77,7 @@ class WorkerEngine:
         """(prefill s, decode s of gen_tokens greedy steps, counters per decoded token) measured in the worker."""
         r = self._request({"op": "run", "ids": [int(i) for i in ids], "gen_tokens": gen_tokens})
         self._stats.update({k: r[k] for k in ("peak_memory",) if k in r})
+        self._stats.update(r.get("stats", {}))  # a worker that reports its engine's stats after each run
         return r["prefill_s"], r["decode_s"], r.get("per_token", {})
 
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
@@ -107,3 +109,19 @@ class WorkerEngine:
                 proc.wait()
         if not self._log.closed:
             self._log.close()
+
+
+def serve(tag: str, handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> None:
+    """The worker side of the protocol (Python workers): one request per stdin line, dispatched on its
+    "op" to `handlers`, whose dict is the reply; a failure becomes an {"error": ...} reply. Returns
+    when stdin closes."""
+    out = sys.stdout
+    for line in sys.stdin:
+        msg = json.loads(line)
+        handler = handlers.get(msg.get("op"))
+        try:
+            reply = handler(msg) if handler else {"error": f"unknown op {msg.get('op')!r}"}
+        except Exception as e:  # reported to the parent, which raises RealmError
+            reply = {"error": f"{type(e).__name__}: {e}"}
+        out.write(tag + json.dumps(reply) + "\n")
+        out.flush()
