@@ -209,6 +209,9 @@ def test_ctrl_c_ends_a_call_and_reaches_the_caller(store):
     g.acquire(store.model_id)
     name = next(iter(store.gguf(store.model_id).tensors)).encode()
     g.write(NAME_AT, name)
+    # Python installs its KeyboardInterrupt handler only where SIGINT was not ignored at start-up; a
+    # CI job started in the background inherits SIGINT ignored, and the signal would never arrive.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, signal.pthread_kill, (threading.get_ident(), signal.SIGINT))
     t0 = time.perf_counter()
     timer.start()
@@ -217,6 +220,7 @@ def test_ctrl_c_ends_a_call_and_reaches_the_caller(store):
             g.call("get_forever", store.model_id, NAME_AT, len(name))
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - t0 < STOP_WITHIN
     assert g.trapped is not None
     with pytest.raises(GuestError, match="trapped earlier"):
