@@ -6,6 +6,7 @@ The model is `chat_synth`'s instruct-style synthetic llama: after the generation
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import pytest
@@ -23,9 +24,15 @@ def chat_model(tmp_path_factory):
     return make_chat_model(tmp_path_factory.mktemp("repl") / "chat.gguf", context_length=4096)
 
 
+def _sigint_default():
+    """In the child before exec: a terminal user's Ctrl-C. (A CI job started in the background has
+    SIGINT ignored, which children inherit, and a program started so is meant to ignore Ctrl-C.)"""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(*args):
     child = pexpect.spawn(sys.executable, ["-m", "realm", "chat", *map(str, args)], encoding="utf-8",
-                          timeout=TIMEOUT, dimensions=(24, 200))
+                          timeout=TIMEOUT, dimensions=(24, 200), preexec_fn=_sigint_default)
     child.expect("realm chat: .*Ctrl-C stops a reply")
     return child
 

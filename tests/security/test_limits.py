@@ -209,6 +209,9 @@ def test_ctrl_c_ends_a_call_and_reaches_the_caller(store):
     g.acquire(store.model_id)
     name = next(iter(store.gguf(store.model_id).tensors)).encode()
     g.write(NAME_AT, name)
+    # one call first: the host call's kernels are compiled before the interrupt (a KeyboardInterrupt
+    # inside Numba's compiler, on an empty cache, left the next compile waiting for ever)
+    g.call("get_once", store.model_id, NAME_AT, len(name))
     # Python installs its KeyboardInterrupt handler only where SIGINT was not ignored at start-up; a
     # CI job started in the background inherits SIGINT ignored, and the signal would never arrive.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
