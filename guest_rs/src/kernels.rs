@@ -297,6 +297,27 @@ unsafe fn load(p: *const u8) -> v128 {
     v128_load(p as *const v128)
 }
 
+/// `u8x16_shr(v, 4)` (each byte's high nibble) as a 16-bit shift and the mask `m4` (0x0F bytes):
+/// the bits shifted in across a byte boundary land in the masked-off half. V8 lowers a byte shift
+/// to a 16-bit shift plus a mask it rebuilds from an immediate at every use (three more
+/// instructions); with `m4` in a register this is two under V8 and Cranelift alike.
+#[inline(always)]
+fn hi_nibbles(v: v128, m4: v128) -> v128 {
+    v128_and(u16x8_shr(v, 4), m4)
+}
+
+/// Q6_K's two high bits of its four groups moved to bits 4 and 5 (`((qh >> 2g) & 3) << 4` for g =
+/// 0..4) with 16-bit shifts and the mask `m30` (0x30 bytes), which drops what crosses a byte.
+#[inline(always)]
+fn q6_high_bits(qh: v128, m30: v128) -> [v128; 4] {
+    [
+        v128_and(u16x8_shl(qh, 4), m30),
+        v128_and(u16x8_shl(qh, 2), m30),
+        v128_and(qh, m30),
+        v128_and(u16x8_shr(qh, 2), m30),
+    ]
+}
+
 #[inline(always)]
 unsafe fn loadf(p: *const f32) -> v128 {
     v128_load(p as *const v128)
@@ -352,6 +373,7 @@ dot_generic_simd_fn!(dot_q2_k_simd, BlockQ2K, QK_K, deq_block_q2_k);
 dot_generic_simd_fn!(dot_q3_k_simd, BlockQ3K, QK_K, deq_block_q3_k);
 
 /// SIMD128 f32 row.
+#[inline(never)]
 pub fn dot_f32_simd(row: &[u8], x: &[f32]) -> f32 {
     let n = (row.len() / 4).min(x.len());
     let a = unsafe { core::slice::from_raw_parts(row.as_ptr() as *const f32, n) };
@@ -368,6 +390,7 @@ unsafe fn f16x8_to_f32x4x2(h: v128) -> (v128, v128) {
 }
 
 /// SIMD128 f16 row.
+#[inline(never)]
 pub fn dot_f16_simd(row: &[u8], x: &[f32]) -> f32 {
     let n = (row.len() / 2).min(x.len());
     let (pr, px) = (row.as_ptr(), x.as_ptr());
@@ -416,6 +439,7 @@ pub fn axpy_f16_simd(y: &mut [f32], a: f32, v: &[u8]) {
 }
 
 /// SIMD128 bf16 row.
+#[inline(never)]
 pub fn dot_bf16_simd(row: &[u8], x: &[f32]) -> f32 {
     let n = (row.len() / 2).min(x.len());
     let (pr, px) = (row.as_ptr(), x.as_ptr());
@@ -540,6 +564,7 @@ pub fn dot_q8_0(row: &[u8], x: &XQ) -> f32 {
 }
 
 /// SIMD128 Q8_0 · XQ.
+#[inline(never)]
 pub fn dot_q8_0_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ8_0>(row);
     let nb = blocks.len().min(x.d.len());
@@ -569,7 +594,7 @@ unsafe fn f16x4_to_f32x4(w: v128) -> v128 {
     let em = v128_and(w, u32x4_splat(0x7fff));
     let scaled = f32x4_mul(i32x4_shl(em, 13), f32x4_splat(f32::from_bits(0x7780_0000)));
     let special = v128_or(i32x4_shl(em, 13), u32x4_splat(0x7f80_0000));
-    let is_special = u32x4_ge(em, u32x4_splat(0x7c00));
+    let is_special = i32x4_gt(em, i32x4_splat(0x7bff)); // em <= 0x7fff: a signed compare is exact
     v128_or(v128_bitselect(special, scaled, is_special), sign)
 }
 
@@ -755,7 +780,7 @@ pub fn dot_rows4_simd(t: GgmlType, rows: [&[u8]; 4], x: &XQ) -> Option<[f32; 4]>
                 |b, xv| {
                     let v = load(b.qs.as_ptr());
                     let eight = i8x16_splat(8);
-                    isum_i8x16x2(i8x16_sub(v128_and(v, m4), eight), i8x16_sub(u8x16_shr(v, 4), eight), xv)
+                    isum_i8x16x2(i8x16_sub(v128_and(v, m4), eight), i8x16_sub(hi_nibbles(v, m4), eight), xv)
                 },
                 |b| b.d,
             ),
@@ -785,7 +810,7 @@ pub fn dot_tokens4_simd(t: GgmlType, row: &[u8], xs: &[XQ; 4]) -> Option<[f32; 4
                 |b| {
                     let v = load(b.qs.as_ptr());
                     let eight = i8x16_splat(8);
-                    (i8x16_sub(v128_and(v, m4), eight), i8x16_sub(u8x16_shr(v, 4), eight))
+                    (i8x16_sub(v128_and(v, m4), eight), i8x16_sub(hi_nibbles(v, m4), eight))
                 },
                 |b| b.d,
             ),
@@ -795,7 +820,7 @@ pub fn dot_tokens4_simd(t: GgmlType, row: &[u8], xs: &[XQ; 4]) -> Option<[f32; 4
                 |b| {
                     let v = load(b.qs.as_ptr());
                     let (o0, o1) = q5_offsets(&b.qh);
-                    (i8x16_sub(v128_and(v, m4), o0), i8x16_sub(u8x16_shr(v, 4), o1))
+                    (i8x16_sub(v128_and(v, m4), o0), i8x16_sub(hi_nibbles(v, m4), o1))
                 },
                 |b| b.d,
             ),
@@ -842,7 +867,7 @@ fn dot_tokens4_q4_k(row: &[BlockQ4K], xs: &[XQ; 4]) -> [f32; 4] {
                 let q1 = load(b.qs.as_ptr().add(32 * j + 16));
                 for (k, (a0, a1)) in [
                     (v128_and(q0, m4), v128_and(q1, m4)),
-                    (u8x16_shr(q0, 4), u8x16_shr(q1, 4)),
+                    (hi_nibbles(q0, m4), hi_nibbles(q1, m4)),
                 ]
                 .into_iter()
                 .enumerate()
@@ -880,7 +905,7 @@ fn dot_tokens4_q6_k(row: &[BlockQ6K], xs: &[XQ; 4]) -> [f32; 4] {
     unsafe {
         let mut acc = f32x4_splat(0.0);
         let m4 = u8x16_splat(0x0F);
-        let m3 = u8x16_splat(0x03);
+        let m30 = u8x16_splat(0x30);
         let off = i8x16_splat(32);
         for i in 0..nb {
             let b = &row[i];
@@ -889,12 +914,12 @@ fn dot_tokens4_q6_k(row: &[BlockQ6K], xs: &[XQ; 4]) -> [f32; 4] {
                 for l in (0..32).step_by(16) {
                     let qa = load(b.ql.as_ptr().add(64 * h + l));
                     let qb = load(b.ql.as_ptr().add(64 * h + 32 + l));
-                    let qh = load(b.qh.as_ptr().add(32 * h + l));
+                    let hb = q6_high_bits(load(b.qh.as_ptr().add(32 * h + l)), m30);
                     let q = [
-                        v128_or(v128_and(qa, m4), i8x16_shl(v128_and(qh, m3), 4)),
-                        v128_or(v128_and(qb, m4), i8x16_shl(v128_and(u8x16_shr(qh, 2), m3), 4)),
-                        v128_or(u8x16_shr(qa, 4), i8x16_shl(v128_and(u8x16_shr(qh, 4), m3), 4)),
-                        v128_or(u8x16_shr(qb, 4), i8x16_shl(u8x16_shr(qh, 6), 4)),
+                        v128_or(v128_and(qa, m4), hb[0]),
+                        v128_or(v128_and(qb, m4), hb[1]),
+                        v128_or(hi_nibbles(qa, m4), hb[2]),
+                        v128_or(hi_nibbles(qb, m4), hb[3]),
                     ];
                     for g in 0..4 {
                         let e = 128 * h + 32 * g + l; // element in the block
@@ -930,6 +955,7 @@ pub fn dot_q4_0(row: &[u8], x: &XQ) -> f32 {
 }
 
 /// SIMD128 Q4_0 · XQ.
+#[inline(never)]
 pub fn dot_q4_0_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ4_0>(row);
     let nb = blocks.len().min(x.d.len());
@@ -942,7 +968,7 @@ pub fn dot_q4_0_simd(row: &[u8], x: &XQ) -> f32 {
             let px = x.q.as_ptr().add(i * QK4_0);
             let v = load(b.qs.as_ptr());
             let lo = i8x16_sub(v128_and(v, m4), eight);
-            let hi = i8x16_sub(u8x16_shr(v, 4), eight);
+            let hi = i8x16_sub(hi_nibbles(v, m4), eight);
             let s = i32x4_add(idot_i8x16(lo, px), idot_i8x16(hi, px.add(16)));
             acc = f32x4_add(
                 acc,
@@ -976,6 +1002,7 @@ pub fn dot_q5_0(row: &[u8], x: &XQ) -> f32 {
 }
 
 /// SIMD128 Q5_0 · XQ.
+#[inline(never)]
 pub fn dot_q5_0_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ5_0>(row);
     let nb = blocks.len().min(x.d.len());
@@ -988,7 +1015,7 @@ pub fn dot_q5_0_simd(row: &[u8], x: &XQ) -> f32 {
             let v = load(b.qs.as_ptr());
             let (o0, o1) = q5_offsets(&b.qh);
             let lo = i8x16_sub(v128_and(v, m4), o0);
-            let hi = i8x16_sub(u8x16_shr(v, 4), o1);
+            let hi = i8x16_sub(hi_nibbles(v, m4), o1);
             let s = i32x4_add(idot_i8x16(lo, px), idot_i8x16(hi, px.add(16)));
             acc = f32x4_add(
                 acc,
@@ -1024,6 +1051,7 @@ pub fn dot_q4_k(row: &[u8], x: &XQ) -> f32 {
 }
 
 /// SIMD128 Q4_K · XQ.
+#[inline(never)]
 pub fn dot_q4_k_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ4K>(row);
     let nb = blocks.len().min(x.d.len() / 8);
@@ -1047,8 +1075,8 @@ pub fn dot_q4_k_simd(row: &[u8], x: &XQ) -> f32 {
                     idot_i8x16(v128_and(q1, m4), x1.add(16)),
                 );
                 let s2 = i32x4_add(
-                    idot_i8x16(u8x16_shr(q0, 4), x2),
-                    idot_i8x16(u8x16_shr(q1, 4), x2.add(16)),
+                    idot_i8x16(hi_nibbles(q0, m4), x2),
+                    idot_i8x16(hi_nibbles(q1, m4), x2.add(16)),
                 );
                 acc = f32x4_add(
                     acc,
@@ -1091,6 +1119,7 @@ pub fn dot_q5_k(row: &[u8], x: &XQ) -> f32 {
 }
 
 /// SIMD128 Q5_K · XQ.
+#[inline(never)]
 pub fn dot_q5_k_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ5K>(row);
     let nb = blocks.len().min(x.d.len() / 8);
@@ -1098,7 +1127,7 @@ pub fn dot_q5_k_simd(row: &[u8], x: &XQ) -> f32 {
         let mut acc = f32x4_splat(0.0);
         let mut macc = 0f32;
         let m4 = u8x16_splat(0x0F);
-        let one = u8x16_splat(1);
+        let sixteen = u8x16_splat(0x10);
         for i in 0..nb {
             let b = &blocks[i];
             let (d, dmin) = (f16_to_f32(b.d), f16_to_f32(b.dmin));
@@ -1108,7 +1137,10 @@ pub fn dot_q5_k_simd(row: &[u8], x: &XQ) -> f32 {
                 let q0 = load(b.qs.as_ptr().add(32 * j));
                 let q1 = load(b.qs.as_ptr().add(32 * j + 16));
                 let s1b = 2 * j as u32;
-                let h = |qh: v128, s: u32| i8x16_shl(v128_and(u8x16_shr(qh, s), one), 4);
+                let h = |qh: v128, s: u32| {
+                    let bit = u8x16_splat(1 << s);
+                    v128_and(i8x16_eq(v128_and(qh, bit), bit), sixteen)
+                };
                 let g1 = i * 8 + 2 * j;
                 let (sc1, m1) = get_scale_min_k4(2 * j, &b.scales);
                 let (sc2, m2) = get_scale_min_k4(2 * j + 1, &b.scales);
@@ -1116,8 +1148,8 @@ pub fn dot_q5_k_simd(row: &[u8], x: &XQ) -> f32 {
                 let x2 = x1.add(32);
                 let a0 = v128_or(v128_and(q0, m4), h(qh0, s1b));
                 let a1 = v128_or(v128_and(q1, m4), h(qh1, s1b));
-                let b0 = v128_or(u8x16_shr(q0, 4), h(qh0, s1b + 1));
-                let b1 = v128_or(u8x16_shr(q1, 4), h(qh1, s1b + 1));
+                let b0 = v128_or(hi_nibbles(q0, m4), h(qh0, s1b + 1));
+                let b1 = v128_or(hi_nibbles(q1, m4), h(qh1, s1b + 1));
                 let s1 = i32x4_add(idot_i8x16(a0, x1), idot_i8x16(a1, x1.add(16)));
                 let s2 = i32x4_add(idot_i8x16(b0, x2), idot_i8x16(b1, x2.add(16)));
                 acc = f32x4_add(
@@ -1170,13 +1202,14 @@ pub fn dot_q6_k(row: &[u8], x: &XQ) -> f32 {
 /// SIMD128 Q6_K · XQ. Each step unpacks 64 values: four groups of 16 whose scales are 8h + l/16 +
 /// {0, 2, 4, 6} and whose activation blocks are 8i + 4h + {0, 1, 2, 3}; their four integer sums go
 /// into one vector and are scaled by one vector (the block's scales reordered and converted once).
+#[inline(never)]
 pub fn dot_q6_k_simd(row: &[u8], x: &XQ) -> f32 {
     let blocks = as_blocks::<BlockQ6K>(row);
     let nb = blocks.len().min(x.d.len() / 8);
     unsafe {
         let mut acc = f32x4_splat(0.0);
         let m4 = u8x16_splat(0x0F);
-        let m3 = u8x16_splat(0x03);
+        let m30 = u8x16_splat(0x30);
         let off = i8x16_splat(32);
         for i in 0..nb {
             let b = &blocks[i];
@@ -1196,12 +1229,12 @@ pub fn dot_q6_k_simd(row: &[u8], x: &XQ) -> f32 {
                     let l = 16 * k;
                     let qa = load(b.ql.as_ptr().add(64 * h + l));
                     let qb = load(b.ql.as_ptr().add(64 * h + 32 + l));
-                    let qh = load(b.qh.as_ptr().add(32 * h + l));
+                    let hb = q6_high_bits(load(b.qh.as_ptr().add(32 * h + l)), m30);
                     let q = [
-                        v128_or(v128_and(qa, m4), i8x16_shl(v128_and(qh, m3), 4)),
-                        v128_or(v128_and(qb, m4), i8x16_shl(v128_and(u8x16_shr(qh, 2), m3), 4)),
-                        v128_or(u8x16_shr(qa, 4), i8x16_shl(v128_and(u8x16_shr(qh, 4), m3), 4)),
-                        v128_or(u8x16_shr(qb, 4), i8x16_shl(u8x16_shr(qh, 6), 4)),
+                        v128_or(v128_and(qa, m4), hb[0]),
+                        v128_or(v128_and(qb, m4), hb[1]),
+                        v128_or(hi_nibbles(qa, m4), hb[2]),
+                        v128_or(hi_nibbles(qb, m4), hb[3]),
                     ];
                     let px = x.q.as_ptr().add(i * QK_K + 128 * h + l);
                     let s = hsum4_i32(
