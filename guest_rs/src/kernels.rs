@@ -306,15 +306,20 @@ fn hi_nibbles(v: v128, m4: v128) -> v128 {
     v128_and(u16x8_shr(v, 4), m4)
 }
 
-/// Q6_K's two high bits of its four groups moved to bits 4 and 5 (`((qh >> 2g) & 3) << 4` for g =
-/// 0..4) with 16-bit shifts and the mask `m30` (0x30 bytes), which drops what crosses a byte.
+/// Q6_K's 6-bit values (unsigned, before the -32) of the four groups of 16 that share the bytes at
+/// `ql[64h + l..]`, `ql[64h + 32 + l..]` and `qh[32h + l..]`: low nibbles, then high nibbles, each
+/// ORed with its group's two high bits moved to bits 4 and 5 (`((qh >> 2g) & 3) << 4`). Only 16-bit
+/// shifts, with the masks `m4` (0x0F bytes) and `m30` (0x30 bytes) dropping what crosses a byte.
 #[inline(always)]
-fn q6_high_bits(qh: v128, m30: v128) -> [v128; 4] {
+unsafe fn q6_unpack(b: &BlockQ6K, h: usize, l: usize, m4: v128, m30: v128) -> [v128; 4] {
+    let qa = load(b.ql.as_ptr().add(64 * h + l));
+    let qb = load(b.ql.as_ptr().add(64 * h + 32 + l));
+    let qh = load(b.qh.as_ptr().add(32 * h + l));
     [
-        v128_and(u16x8_shl(qh, 4), m30),
-        v128_and(u16x8_shl(qh, 2), m30),
-        v128_and(qh, m30),
-        v128_and(u16x8_shr(qh, 2), m30),
+        v128_or(v128_and(qa, m4), v128_and(u16x8_shl(qh, 4), m30)),
+        v128_or(v128_and(qb, m4), v128_and(u16x8_shl(qh, 2), m30)),
+        v128_or(hi_nibbles(qa, m4), v128_and(qh, m30)),
+        v128_or(hi_nibbles(qb, m4), v128_and(u16x8_shr(qh, 2), m30)),
     ]
 }
 
@@ -912,15 +917,7 @@ fn dot_tokens4_q6_k(row: &[BlockQ6K], xs: &[XQ; 4]) -> [f32; 4] {
             let d = f16_to_f32(b.d);
             for h in 0..2 {
                 for l in (0..32).step_by(16) {
-                    let qa = load(b.ql.as_ptr().add(64 * h + l));
-                    let qb = load(b.ql.as_ptr().add(64 * h + 32 + l));
-                    let hb = q6_high_bits(load(b.qh.as_ptr().add(32 * h + l)), m30);
-                    let q = [
-                        v128_or(v128_and(qa, m4), hb[0]),
-                        v128_or(v128_and(qb, m4), hb[1]),
-                        v128_or(hi_nibbles(qa, m4), hb[2]),
-                        v128_or(hi_nibbles(qb, m4), hb[3]),
-                    ];
+                    let q = q6_unpack(b, h, l, m4, m30);
                     for g in 0..4 {
                         let e = 128 * h + 32 * g + l; // element in the block
                         let xe = i * QK_K + e;
@@ -1227,15 +1224,7 @@ pub fn dot_q6_k_simd(row: &[u8], x: &XQ) -> f32 {
                 let xd = v128_load(x.d.as_ptr().add(8 * i + 4 * h) as *const v128);
                 for k in 0..2 {
                     let l = 16 * k;
-                    let qa = load(b.ql.as_ptr().add(64 * h + l));
-                    let qb = load(b.ql.as_ptr().add(64 * h + 32 + l));
-                    let hb = q6_high_bits(load(b.qh.as_ptr().add(32 * h + l)), m30);
-                    let q = [
-                        v128_or(v128_and(qa, m4), hb[0]),
-                        v128_or(v128_and(qb, m4), hb[1]),
-                        v128_or(hi_nibbles(qa, m4), hb[2]),
-                        v128_or(hi_nibbles(qb, m4), hb[3]),
-                    ];
+                    let q = q6_unpack(b, h, l, m4, m30);
                     let px = x.q.as_ptr().add(i * QK_K + 128 * h + l);
                     let s = hsum4_i32(
                         idot_i8x16(i8x16_sub(q[0], off), px),
@@ -1256,6 +1245,9 @@ pub fn dot_q6_k_simd(row: &[u8], x: &XQ) -> f32 {
 // Dispatch.
 
 /// row · x for one row of type `t` (scalar twin or SIMD128); `xq` is x quantized (`uses_xq` types).
+/// The SIMD kernels it calls are `#[inline(never)]`: with all of them inlined this was one 49 KB
+/// function, which V8 compiles with heavy spilling around every kernel's loop (Node host decode
+/// 4% slower; neutral under Cranelift; benchmarks/reports/2026-12-06-node-read-path).
 #[inline]
 pub fn dot(t: GgmlType, row: &[u8], x: &[f32], xq: &XQ, simd: bool) -> f32 {
     if simd {
