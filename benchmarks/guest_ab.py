@@ -1,12 +1,13 @@
-"""Two guest builds side by side in one Python host process: decode tokens alternate between them, so
-a slow spell of the machine hits both alike (a whole process here can run 40% slower than the next).
+"""Two guest builds side by side in one Python host process: steps alternate between them, so a slow
+spell of the machine hits both alike (a whole process here can run 40% slower than the next).
 
-    python3 benchmarks/guest_ab.py OLD.wasm NEW.wasm [TOKENS]
+    python3 benchmarks/guest_ab.py OLD.wasm NEW.wasm [--steps 64] [--prefill N] [--threads T]
 
-Prints each build's fastest and median time per token and the median of NEW/OLD over token pairs.
-Default model, one instance, 64 MiB. The Node twin: node benchmarks/guest_ab.mjs OLD.wasm NEW.wasm.
+A step is one decode token, or with --prefill N a fresh N-token prompt. Prints each build's fastest
+and median time per step and the median of NEW/OLD over step pairs. Default model, 64 MiB.
+The Node twin (decode, one instance): node --no-liftoff benchmarks/guest_ab.mjs OLD.wasm NEW.wasm.
 """
-import sys
+import argparse
 import time
 from pathlib import Path
 
@@ -15,26 +16,39 @@ from realm.engines import create_engine
 
 
 def main() -> None:
-    if len(sys.argv) not in (3, 4):
-        sys.exit(__doc__)
-    old, new = Path(sys.argv[1]), Path(sys.argv[2])
-    n = int(sys.argv[3]) if len(sys.argv) == 4 else 64
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--prefill", type=int, default=0, help="time N-token prompts instead of decode tokens")
+    ap.add_argument("--threads", type=int, default=1, help="guest instances per engine")
+    a = ap.parse_args()
     m = realm.load()
-    engines = [create_engine("wasm", m.gguf, m.config, threads=1, wasm=p) for p in (old, new)]
+    engines = [create_engine("wasm", m.gguf, m.config, threads=a.threads, wasm=p) for p in (a.old, a.new)]
+    prompt = [2] + [100 + 7 * i for i in range(max(a.prefill, 4) - 1)]
+
+    def step(e, i: int) -> None:
+        if a.prefill:
+            e.reset()
+            e.eval(prompt)
+        else:
+            e.eval([500 + i % 64])
+
     for e in engines:
-        e.eval([2, 100, 200, 300])
+        e.eval(prompt)
         for i in range(8):
-            e.eval([400 + i])
+            step(e, i)
     times: list[list[float]] = [[], []]
-    for i in range(n):
+    for i in range(a.steps):
         for k in ((0, 1) if i % 2 else (1, 0)):
             t = time.perf_counter()
-            engines[k].eval([500 + i % 64])
+            step(engines[k], i)
             times[k].append((time.perf_counter() - t) * 1e3)
     ratio = sorted(b / a for a, b in zip(*times))
     med = lambda v: sorted(v)[len(v) // 2]
-    print(f"python host: old min {min(times[0]):.2f} ms p50 {med(times[0]):.2f} | new min {min(times[1]):.2f} "
-          f"p50 {med(times[1]):.2f} | new/old time per token, median {ratio[n // 2]:.3f}")
+    what = f"{a.prefill}-token prefill" if a.prefill else "decode token"
+    print(f"python host, {a.threads} instance(s), ms per {what}: old min {min(times[0]):.2f} p50 {med(times[0]):.2f} | "
+          f"new min {min(times[1]):.2f} p50 {med(times[1]):.2f} | new/old median {ratio[len(ratio) // 2]:.3f}")
     for e in engines:
         e.close()
 

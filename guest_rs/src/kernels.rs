@@ -1305,24 +1305,6 @@ impl XQBuf {
     }
 }
 
-/// How far ahead of the rows being multiplied `touch` reads: the kernels run ~1.8x faster on
-/// weights already in L2 (4.6 vs 2.6 GB/s for Q8_0 measured from DRAM), and wasm has no prefetch
-/// instruction, so each step first loads one byte per cache line of the rows 16 KiB further on;
-/// those independent misses overlap with the arithmetic.
-const TOUCH_AHEAD: usize = 16 << 10;
-
-/// Load one byte per 64-byte line of `w[from..to]` (clipped), results unused: a software prefetch.
-#[inline(always)]
-fn touch(w: &[u8], from: usize, to: usize) {
-    let to = to.min(w.len());
-    let mut i = from;
-    while i < to {
-        // volatile: kept by LLVM although unused (Cranelift keeps every wasm load: loads can trap)
-        unsafe { core::ptr::read_volatile(w.as_ptr().add(i)) };
-        i += 64;
-    }
-}
-
 /// out[t * out_stride + r] = w[r] · x[t] for rows r of `w` (rows × row_bytes) and tokens t < nt;
 /// x is (nt, cols). `uses_xq` types: every token's x is quantized once (into `xqb`, sized for nt
 /// tokens) and each row is dotted with all tokens while it sits in L1. Other types: each row is
@@ -1386,7 +1368,6 @@ pub fn matmul_quantized(
             };
             while r0 + 4 <= rows {
                 let row = |k: usize| &w[(r0 + k) * row_bytes..(r0 + k + 1) * row_bytes];
-                touch(w, (r0 + 4) * row_bytes + TOUCH_AHEAD, (r0 + 8) * row_bytes + TOUCH_AHEAD);
                 match dot_rows4_simd(t, [row(0), row(1), row(2), row(3)], &xq) {
                     Some(v) => out[r0..r0 + 4].copy_from_slice(&v),
                     None => break,
@@ -1401,7 +1382,6 @@ pub fn matmul_quantized(
         };
         for r in r0..rows {
             let row = &w[r * row_bytes..(r + 1) * row_bytes];
-            touch(w, (r + 1) * row_bytes + TOUCH_AHEAD, (r + 2) * row_bytes + TOUCH_AHEAD);
             let mut t0 = 0;
             while nt > 1 && t0 + 4 <= nt {
                 let xs = [xq_of(t0), xq_of(t0 + 1), xq_of(t0 + 2), xq_of(t0 + 3)];
