@@ -1,6 +1,8 @@
 // What the Node host's model reads cost, beside its decode (issue 16's Node >= 0.9x target).
 //   node benchmarks/node_read_path.mjs micro [MODEL]   pread into a wasm memory at several chunk sizes,
 //                                                      and copies from a resident Buffer, in GB/s
+//   node benchmarks/node_read_path.mjs align [MODEL]   pread at 1 MiB with the destination 0..48 bytes off
+//                                                      the file offset's alignment, in GB/s
 //   node benchmarks/node_read_path.mjs pread [MODEL]   1-instance decode, 64 MiB guest, reads by pread
 //   node benchmarks/node_read_path.mjs buf [MODEL]     the same decode with the model's reads served
 //                                                      from a Buffer holding the whole file (an experiment:
@@ -14,7 +16,21 @@ import { createEngine } from "../js/src/node.js";
 const mode = process.argv[2] ?? "pread";
 const model = process.argv[3] ?? path.join(os.homedir(), ".cache", "realm", "gemma-3-270m-q4_k_m.gguf");
 
-if (mode === "micro") {
+if (mode === "align") {
+  const fd = fs.openSync(model, "r");
+  const size = fs.fstatSync(fd).size;
+  const view = new Uint8Array(new WebAssembly.Memory({ initial: 1024, maximum: 1024 }).buffer);
+  const chunk = 1 << 20, n = Math.floor((size - 4096) / chunk) * chunk;
+  for (const d of [0, 1, 8, 16, 32, 48, 64]) {
+    let b = Infinity;
+    for (let r = 0; r < 3; r++) {
+      const t = process.hrtime.bigint();
+      for (let off = 0; off < n; off += chunk) fs.readSync(fd, view, d, chunk, off);
+      b = Math.min(b, Number(process.hrtime.bigint() - t) / 1e9);
+    }
+    console.log(`pread 1 MiB, destination ${d} bytes past the source's alignment: ${(n / b / 1e9).toFixed(2)} GB/s`);
+  }
+} else if (mode === "micro") {
   const fd = fs.openSync(model, "r");
   const size = fs.fstatSync(fd).size;
   const view = new Uint8Array(new WebAssembly.Memory({ initial: 1024, maximum: 1024 }).buffer);

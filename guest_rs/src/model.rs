@@ -27,6 +27,12 @@ const MAX_BATCH: usize = 64; // tokens per weight pass
 const MAX_CHUNK: usize = 1 << 20; // streaming chunk: 1 MiB stays cache-hot between the host's memmove and the kernel
 const MIN_CHUNK: usize = 256 << 10;
 const MAX_READ: usize = 1 << 30; // largest single host read
+/// A streamed chunk is placed in the chunk buffer so that its guest address and its offset in the
+/// tensor agree mod READ_ALIGN (tensor data is aligned in GGUF files, usually to 32 or more): the
+/// Linux kernel's copy behind a JS host's pread runs 3-4x slower when source and destination
+/// disagree mod 32 (1.6-2.0 GB/s at 1-8 bytes apart, 4.4 at 16, 6.7-7.1 at 0 or 32, measured in
+/// Node: benchmarks/reports/2026-12-06-node-read-path); a memmove barely cares.
+const READ_ALIGN: usize = 64;
 
 type Res<T> = Result<T, i32>;
 
@@ -314,7 +320,7 @@ struct Weights {
     model_id: i64,
     budget: usize,
     cache: Vec<Slot>,
-    chunk: Vec<u8>, // streaming buffer, a whole number of rows of any matrix
+    chunk: Vec<u8>, // streaming buffer: a whole number of rows of any matrix, + READ_ALIGN
 }
 
 /// Copy `out.len()` bytes of a tensor starting at byte `offset` (u64: tensors may exceed 4 GiB),
@@ -401,7 +407,7 @@ impl Weights {
             return Ok(());
         }
         stats().cache_misses += 1;
-        let fit = (self.chunk.len() / rb).max(1);
+        let fit = ((self.chunk.len() - READ_ALIGN) / rb).max(1);
         let rows_per_chunk = if fit >= 4 { fit / 4 * 4 } else { fit };
         if kernels::uses_xq(m.ggml_type) {
             kernels::quantize_tokens(x, nt, m.cols, xqb); // once for every chunk
@@ -409,8 +415,11 @@ impl Weights {
         let mut r = r0;
         while r < r1 {
             let n = rows_per_chunk.min(r1 - r);
-            let buf = &mut self.chunk[..n * rb];
-            fetch(self.model_id, m.handle, m.base + r as u64 * rb as u64, buf)?;
+            let off = m.base + r as u64 * rb as u64;
+            // guest address = offset in the tensor (mod READ_ALIGN): see READ_ALIGN
+            let sh = (off as usize).wrapping_sub(self.chunk.as_ptr() as usize) % READ_ALIGN;
+            let buf = &mut self.chunk[sh..sh + n * rb];
+            fetch(self.model_id, m.handle, off, buf)?;
             kernels::matmul_quantized(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r - r0..], out_stride, tmp, xqb);
             r += n;
         }
@@ -808,7 +817,7 @@ impl Engine {
         }
         // a shard has nothing else to spend its budget on
         let chunk_len = (budget / if shard { 4 } else { 16 }).clamp(MIN_CHUNK, MAX_CHUNK).max(max_row);
-        let chunk = try_vec(chunk_len, 0u8, budget)?;
+        let chunk = try_vec(chunk_len + READ_ALIGN, 0u8, budget)?;
 
         let mut e = Engine {
             cfg,
