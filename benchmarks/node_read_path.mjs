@@ -3,11 +3,12 @@
 //                                                      and copies from a resident Buffer, in GB/s
 //   node benchmarks/node_read_path.mjs align [MODEL]   pread at 1 MiB with the destination 0..48 bytes off
 //                                                      the file offset's alignment, in GB/s
-//   node benchmarks/node_read_path.mjs pread [MODEL]   1-instance decode, 64 MiB guest, reads by pread
+//   node benchmarks/node_read_path.mjs pread [MODEL]   1-instance decode, 64 MiB guest, reads by pread; the
+//                                                      time per token and the part of it spent in reads
 //   node benchmarks/node_read_path.mjs buf [MODEL]     the same decode with the model's reads served
 //                                                      from a Buffer holding the whole file (an experiment:
 //                                                      the host does not work this way)
-//   The Python host's figure: python3 benchmarks/python_host_decode.py
+//   The Python host's figure, with its copies timed the same way: python3 benchmarks/python_host_decode.py
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -59,12 +60,25 @@ if (mode === "align") {
       return orig.call(fs, fd, buf, o, len, pos);
     };
   } else if (mode !== "pread") throw new Error(`unknown mode ${mode}`);
+  // time every read (the whole-file hash at store time included until the counters are reset)
+  const read = fs.readSync;
+  let readMs = 0, readBytes = 0;
+  fs.readSync = function (...args) {
+    const t = performance.now();
+    const n = read.apply(fs, args);
+    readMs += performance.now() - t;
+    readBytes += n;
+    return n;
+  };
   const engine = await createEngine({ model });
   engine.eval([2, 100, 200, 300]);
   for (let r = 0; r < 3; r++) {
     const N = 16, t0 = performance.now();
-    for (let i = 0; i < N; i++) engine.eval([400 + i]);
-    console.log(`node host (${mode}) decode ${(N * 1000 / (performance.now() - t0)).toFixed(2)} tok/s`);
+    readMs = 0; readBytes = 0;
+    for (let i = 0; i < N; i++) engine.eval([400 + 16 * r + i]);
+    const ms = (performance.now() - t0) / N;
+    console.log(`node host (${mode}) decode ${(1000 / ms).toFixed(2)} tok/s: ${ms.toFixed(1)} ms per token, of which reads ` +
+      `${(readMs / N).toFixed(1)} ms (${(readBytes / N / 1e6).toFixed(1)} MB at ${(readBytes / readMs / 1e6).toFixed(1)} GB/s)`);
   }
   engine.close?.();
 }
