@@ -1305,10 +1305,31 @@ impl XQBuf {
     }
 }
 
+/// How far ahead of the rows being multiplied `touch` reads. wasm has no prefetch instruction, so
+/// each step first loads one byte per cache line of the rows 16 KiB further on, and those
+/// independent misses overlap with the arithmetic. It pays only for weights that come from DRAM,
+/// and the caller says when (`prefetch`; model.rs: resident matrices of at least PREFETCH_MIN). A
+/// guest holding the whole default model decodes 1.7x faster with it. A streamed chunk the host has
+/// just copied is already in cache, and touching it costs 3.5-7% (benchmarks/reports/2026-12-06-node-read-path).
+const TOUCH_AHEAD: usize = 16 << 10;
+
+/// Load one byte per 64-byte line of `w[from..to]` (clipped), results unused: a software prefetch.
+#[inline(always)]
+fn touch(w: &[u8], from: usize, to: usize) {
+    let to = to.min(w.len());
+    let mut i = from;
+    while i < to {
+        // volatile: kept by LLVM although unused (Cranelift keeps every wasm load: loads can trap)
+        unsafe { core::ptr::read_volatile(w.as_ptr().add(i)) };
+        i += 64;
+    }
+}
+
 /// out[t * out_stride + r] = w[r] · x[t] for rows r of `w` (rows × row_bytes) and tokens t < nt;
 /// x is (nt, cols). `uses_xq` types: every token's x is quantized once (into `xqb`, sized for nt
 /// tokens) and each row is dotted with all tokens while it sits in L1. Other types: each row is
-/// dequantized once into `tmp` (>= cols floats) and reused for every token.
+/// dequantized once into `tmp` (>= cols floats) and reused for every token. `prefetch`: see
+/// `matmul_quantized`.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     t: GgmlType,
@@ -1321,11 +1342,12 @@ pub fn matmul(
     out_stride: usize,
     tmp: &mut [f32],
     xqb: &mut XQBuf,
+    prefetch: bool,
 ) {
     if uses_xq(t) {
         quantize_tokens(x, nt, cols, xqb);
     }
-    matmul_quantized(t, w, rows, cols, x, nt, out, out_stride, tmp, xqb);
+    matmul_quantized(t, w, rows, cols, x, nt, out, out_stride, tmp, xqb, prefetch);
 }
 
 /// Quantize the nt tokens of x (nt, cols) into `xqb` for `matmul_quantized` (`uses_xq` types).
@@ -1343,6 +1365,7 @@ pub fn quantize_tokens(x: &[f32], nt: usize, cols: usize, xqb: &mut XQBuf) {
 
 /// `matmul` with x already quantized into `xqb` by `quantize_tokens` (for `uses_xq` types; others
 /// read x): a matrix streamed in several chunks quantizes its input once, not once per chunk.
+/// `prefetch`: touch the rows ahead (for weights coming from DRAM; see TOUCH_AHEAD).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_quantized(
     t: GgmlType,
@@ -1355,8 +1378,14 @@ pub fn matmul_quantized(
     out_stride: usize,
     tmp: &mut [f32],
     xqb: &XQBuf,
+    prefetch: bool,
 ) {
     let row_bytes = w.len() / rows.max(1);
+    let touch_ahead = |from: usize, to: usize| {
+        if prefetch {
+            touch(w, from + TOUCH_AHEAD, to + TOUCH_AHEAD)
+        }
+    };
     if uses_xq(t) {
         let nb = cols / QKX;
         let mut r0 = 0;
@@ -1368,6 +1397,7 @@ pub fn matmul_quantized(
             };
             while r0 + 4 <= rows {
                 let row = |k: usize| &w[(r0 + k) * row_bytes..(r0 + k + 1) * row_bytes];
+                touch_ahead((r0 + 4) * row_bytes, (r0 + 8) * row_bytes);
                 match dot_rows4_simd(t, [row(0), row(1), row(2), row(3)], &xq) {
                     Some(v) => out[r0..r0 + 4].copy_from_slice(&v),
                     None => break,
@@ -1382,6 +1412,7 @@ pub fn matmul_quantized(
         };
         for r in r0..rows {
             let row = &w[r * row_bytes..(r + 1) * row_bytes];
+            touch_ahead((r + 1) * row_bytes, (r + 2) * row_bytes);
             let mut t0 = 0;
             while nt > 1 && t0 + 4 <= nt {
                 let xs = [xq_of(t0), xq_of(t0 + 1), xq_of(t0 + 2), xq_of(t0 + 3)];

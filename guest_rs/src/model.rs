@@ -33,6 +33,11 @@ const MAX_READ: usize = 1 << 30; // largest single host read
 /// disagree mod 32 (1.6-2.0 GB/s at 1-8 bytes apart, 4.4 at 16, 6.7-7.1 at 0 or 32, measured in
 /// Node: benchmarks/reports/2026-12-06-node-read-path); a memmove barely cares.
 const READ_ALIGN: usize = 64;
+/// Resident matrices (or shard parts) of at least this many bytes are multiplied with the kernels'
+/// software prefetch (kernels::TOUCH_AHEAD). They are read from DRAM every token. Smaller ones
+/// lost time with it at both the 64 MiB default and a budget holding the whole default model; only
+/// this one threshold was measured.
+const PREFETCH_MIN: usize = 4 << 20;
 
 type Res<T> = Result<T, i32>;
 
@@ -403,6 +408,7 @@ impl Weights {
                 out_stride,
                 tmp,
                 xqb,
+                slot.data.len() >= PREFETCH_MIN,
             );
             return Ok(());
         }
@@ -420,7 +426,8 @@ impl Weights {
             let sh = (off as usize).wrapping_sub(self.chunk.as_ptr() as usize) % READ_ALIGN;
             let buf = &mut self.chunk[sh..sh + n * rb];
             fetch(self.model_id, m.handle, off, buf)?;
-            kernels::matmul_quantized(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r - r0..], out_stride, tmp, xqb);
+            // no prefetch: the host's copy has just brought the chunk into cache
+            kernels::matmul_quantized(m.ggml_type, buf, n, m.cols, x, nt, &mut out[r - r0..], out_stride, tmp, xqb, false);
             r += n;
         }
         Ok(())
@@ -1742,7 +1749,7 @@ pub fn debug_matmul(ggml_type: i32, w_ptr: i32, rows: i32, cols: i32, x_ptr: i32
         s: vec![0.0; nt * nb],
     };
     let mut tmp = vec![0f32; cols];
-    kernels::matmul(t, w, rows, cols, x, nt, out, rows, &mut tmp, &mut xqb);
+    kernels::matmul(t, w, rows, cols, x, nt, out, rows, &mut tmp, &mut xqb, true);
     0
 }
 
